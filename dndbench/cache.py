@@ -1,0 +1,119 @@
+"""Content-addressed, process-safe on-disk cache.
+
+Every stage output is stored under ``<root>/<namespace>/<key><suffix>`` where ``key`` hashes
+everything that determines the output.  Writes go to a temporary file in the same folder and are
+renamed into place, so a reader never sees half a file; a per-entry file lock makes parallel jobs
+wait for (and then reuse) an entry another job is computing instead of computing it twice.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+def _jsonable(obj: Any) -> Any:
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return {"__type__": type(obj).__name__, **asdict(obj)}
+    if isinstance(obj, Path):
+        return str(obj)
+    return repr(obj)
+
+
+def stable_hash(*parts: Any, length: int = 16) -> str:
+    """A short hex digest of ``parts`` that is stable across processes and runs."""
+    text = json.dumps(parts, sort_keys=True, default=_jsonable)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def default_cache_dir() -> Path:
+    """``$DNDBENCH_CACHE`` or ``~/.cache/dndbench``."""
+    return Path(os.environ.get("DNDBENCH_CACHE", Path.home() / ".cache" / "dndbench"))
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+class Cache:
+    """A folder of content-addressed entries; also counts hits and misses for run records."""
+
+    def __init__(self, root: Path | str | None = None) -> None:
+        self.root = Path(root) if root else default_cache_dir()
+        self.hits: dict[str, int] = {}
+        self.misses: dict[str, int] = {}
+
+    def path(self, namespace: str, key: str, suffix: str = "") -> Path:
+        return self.root / namespace / f"{key}{suffix}"
+
+    @contextmanager
+    def lock(self, path: Path) -> Iterator[None]:
+        from filelock import FileLock
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):
+            yield
+
+    def get_or_create(self, namespace: str, key: str, suffix: str,
+                      compute: Callable[[], T], save: Callable[[T, Path], None],
+                      load: Callable[[Path], T]) -> T:
+        """Load the entry if present, otherwise compute, save atomically and return it."""
+        path = self.path(namespace, key, suffix)
+        if path.exists():
+            self.hits[namespace] = self.hits.get(namespace, 0) + 1
+            return load(path)
+        with self.lock(path):
+            if path.exists():  # another process finished it while we waited
+                self.hits[namespace] = self.hits.get(namespace, 0) + 1
+                return load(path)
+            value = compute()
+            with atomic_path(path) as tmp:
+                save(value, tmp)
+            self.misses[namespace] = self.misses.get(namespace, 0) + 1
+            return value
+
+    def array(self, namespace: str, key: str, compute: Callable[[], Any]) -> Any:
+        """A numpy array entry (``.npy``)."""
+        import numpy as np
+
+        def save(value: Any, tmp: Path) -> None:
+            with open(tmp, "wb") as fh:
+                np.save(fh, value, allow_pickle=False)
+
+        return self.get_or_create(namespace, key, ".npy", compute, save,
+                                  lambda p: np.load(p, allow_pickle=False))
+
+    def frame(self, namespace: str, key: str, compute: Callable[[], Any]) -> Any:
+        """A pandas DataFrame entry (``.parquet``)."""
+        import pandas as pd
+
+        return self.get_or_create(namespace, key, ".parquet", compute,
+                                  lambda df, tmp: df.to_parquet(tmp, index=False),
+                                  pd.read_parquet)
+
+    def json(self, namespace: str, key: str, compute: Callable[[], Any]) -> Any:
+        """A JSON-serialisable entry (``.json``)."""
+
+        def save(value: Any, tmp: Path) -> None:
+            tmp.write_text(json.dumps(value))
+
+        return self.get_or_create(namespace, key, ".json", compute, save,
+                                  lambda p: json.loads(p.read_text()))

@@ -1,0 +1,50 @@
+"""What a describer or metric sees of a run: the model, probe, layer, units and shared services."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from dndbench.cache import Cache
+
+if TYPE_CHECKING:
+    from dndbench.activations import Activations
+    from dndbench.models.base import TargetModel
+    from dndbench.probes.base import ProbeSet
+
+
+@dataclass
+class Context:
+    """One matched comparison: every describer of a run gets the same context.
+
+    ``layer`` is already resolved to a module name; ``units`` are 0-based unit indices.
+    Building a context is cheap: the network and the activations are computed on first use.
+    """
+
+    model: "TargetModel"
+    probe: "ProbeSet"
+    layer: str
+    units: list[int]
+    cache: Cache
+    device: str = "cpu"
+    batch_size: int = 64
+    num_workers: int = 0
+    seed: int = 0
+    progress: bool = True
+    counters: dict[str, int] = field(default_factory=dict)
+
+    @cached_property
+    def activations(self) -> "Activations":
+        from dndbench.activations import Activations
+
+        return Activations(self.model, self.probe, self.cache, device=self.device,
+                           batch_size=self.batch_size, num_workers=self.num_workers,
+                           progress=self.progress)
+
+    @property
+    def is_final_layer(self) -> bool:
+        return self.layer == self.model.final_layer
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to a named counter reported in the run record (e.g. model calls)."""
+        self.counters[name] = self.counters.get(name, 0) + n

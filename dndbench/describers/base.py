@@ -1,0 +1,67 @@
+"""Describers: methods that write a short text saying what a unit detects."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from dndbench.registry import ComponentConfig, Registry
+
+if TYPE_CHECKING:
+    from dndbench.context import Context
+
+
+@dataclass
+class DescriberConfig(ComponentConfig):
+    """Options every describer has."""
+
+
+@dataclass
+class Description:
+    """One unit's description: ``label`` is the answer, ``alternatives`` the runners-up,
+    ``score`` the method's own confidence (IoU, similarity, ...), ``extras`` anything else
+    worth keeping (flat, JSON-serialisable values)."""
+
+    unit: int
+    label: str
+    alternatives: list[str] = field(default_factory=list)
+    score: float = float("nan")
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Describer(ABC):
+    """Base class: subclass it, give it a nested ``Config`` dataclass and register it.
+
+    Class attributes declare what the method needs, so a run loads only that:
+    ``needs_weights`` (trained target weights), ``needs_probe`` (probe images / activations).
+    ``in_default_suite`` puts it in the default job (``describer=all``).
+    Bump ``version`` when a change alters results: it is part of the cache key.
+    """
+
+    Config = DescriberConfig
+    needs_weights: bool = True
+    needs_probe: bool = True
+    in_default_suite: bool = True
+    version: str = "1"
+
+    def __init__(self, config: DescriberConfig) -> None:
+        self.config = config
+
+    @abstractmethod
+    def describe(self, ctx: "Context") -> list[Description]:
+        """Describe every unit in ``ctx.units`` (units it cannot describe may be left out)."""
+
+    def cache_key_parts(self, ctx: "Context") -> tuple[Any, ...]:
+        """Everything besides the config that determines the output."""
+        parts: list[Any] = [ctx.model.config.name, ctx.layer, ctx.units]
+        if self.needs_weights:
+            parts.append(ctx.model.weights_fingerprint())
+        if self.needs_probe:
+            parts += [ctx.probe.config.name, ctx.probe.fingerprint()]
+        return tuple(parts)
+
+
+DESCRIBERS: Registry[Describer] = Registry("describer", builtin_modules=(
+    "dndbench.describers.netdissect",
+    "dndbench.describers.published",
+))
