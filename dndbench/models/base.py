@@ -5,6 +5,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+from dndbench.cache import Cache
 from dndbench.errors import ConfigError
 from dndbench.registry import ComponentConfig, Registry
 
@@ -36,6 +37,9 @@ class TargetModel(ABC):
     def __init__(self, config: ModelConfig) -> None:
         self.config = config
         self._networks: dict[bool, Any] = {}
+        #: where built artefacts (trained toy weights, converted checkpoints) are kept; the run
+        #: replaces it with the run's cache
+        self.cache = Cache()
 
     @abstractmethod
     def build(self, pretrained: bool) -> "torch.nn.Module":

@@ -5,6 +5,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from dndbench.cache import Cache
 from dndbench.registry import ComponentConfig, Registry
 
 if TYPE_CHECKING:
@@ -51,6 +52,8 @@ class ProbeSet(ABC):
 
     def __init__(self, config: ProbeConfig) -> None:
         self.config = config
+        #: where generated or downloaded data is kept; the run replaces it with the run's cache
+        self.cache = Cache()
 
     @abstractmethod
     def __len__(self) -> int: ...
