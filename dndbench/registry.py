@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Callable, Generic, Iterator, TypeVar
@@ -30,6 +31,18 @@ class ComponentConfig:
 
 
 T = TypeVar("T")
+
+_ORIGIN = ["builtin"]  # where components registered right now come from (see registration_origin)
+
+
+@contextmanager
+def registration_origin(origin: str) -> Iterator[None]:
+    """Components registered inside this block (in any registry) are recorded with ``origin``."""
+    _ORIGIN.append(origin)
+    try:
+        yield
+    finally:
+        _ORIGIN.pop()
 
 
 @dataclass(frozen=True)
@@ -62,7 +75,6 @@ class Registry(Generic[T]):
         self._builtin_modules = builtin_modules
         self._entries: dict[str, Entry[T]] = {}
         self._loaded = False
-        self._current_origin = "builtin"
 
     # -- registration -------------------------------------------------------------------------
     def register(self, name: str, *, origin: str | None = None) -> Callable[[type[T]], type[T]]:
@@ -79,8 +91,8 @@ class Registry(Generic[T]):
             if existing is not None and existing.cls is not cls:
                 raise ConfigError(
                     f"{self.kind} {name!r} is registered twice ({existing.origin} and "
-                    f"{origin or self._current_origin}); rename one of them")
-            self._entries[name] = Entry(name, cls, origin or self._current_origin)
+                    f"{origin or _ORIGIN[-1]}); rename one of them")
+            self._entries[name] = Entry(name, cls, origin or _ORIGIN[-1])
             cls.registry_name = name  # type: ignore[attr-defined]
             return cls
 
@@ -93,17 +105,11 @@ class Registry(Generic[T]):
         for module in self._builtin_modules:
             importlib.import_module(module)
         for ep in metadata.entry_points(group=f"dndbench.{self.kind}s"):
-            self._current_origin = f"entry point {ep.value} ({ep.dist.name if ep.dist else '?'})"
-            try:
+            dist = ep.dist.name if ep.dist else "?"
+            with registration_origin(f"entry point {ep.value} (package {dist})"):
                 obj = ep.load()
                 if isinstance(obj, type) and ep.name not in self._entries:
                     self.register(ep.name)(obj)
-            finally:
-                self._current_origin = "builtin"
-
-    def loading_from(self, origin: str) -> "_OriginScope":
-        """Context manager: registrations inside it are recorded with ``origin``."""
-        return _OriginScope(self, origin)
 
     # -- lookup -------------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -149,14 +155,3 @@ class Registry(Generic[T]):
             raise ConfigError(f"{self.kind} {config.name!r} expects a {cls.Config.__name__}, "  # type: ignore[attr-defined]
                               f"got {type(config).__name__}")
         return cls(config)  # type: ignore[call-arg]
-
-
-class _OriginScope:
-    def __init__(self, registry: Registry[Any], origin: str) -> None:
-        self.registry, self.origin = registry, origin
-
-    def __enter__(self) -> None:
-        self.registry._current_origin = self.origin
-
-    def __exit__(self, *exc: object) -> None:
-        self.registry._current_origin = "builtin"

@@ -1,0 +1,6 @@
+"""``python -m dndbench``."""
+import sys
+
+from dndbench.cli import main
+
+sys.exit(main())
