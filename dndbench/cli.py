@@ -125,6 +125,7 @@ def run_from_hydra(cfg: Any) -> None:
     from dndbench.pipeline import run_job
     from dndbench.results.leaderboard import leaderboard, to_markdown, write_leaderboard
     from dndbench.results.records import write_run
+    from dndbench.results.report import leaderboard_chart, neuron_cards
 
     started = time.time()
     hydra_cfg = HydraConfig.get()
@@ -134,12 +135,17 @@ def run_from_hydra(cfg: Any) -> None:
     cache = Cache(spec.options.cache_dir or None)
     result = run_job(spec, cache)
     config = OmegaConf.to_container(cfg, resolve=True)
-    _, scores = write_run(run_dir, result, config, overrides, spec.model.name, spec.probe.name,
-                          started)
+    descriptions, scores = write_run(run_dir, result, config, overrides, spec.model.name,
+                                     spec.probe.name, started)
+    chart = None
     if len(scores):
         table = leaderboard(scores)
         write_leaderboard(table, run_dir / "leaderboard")
+        chart = leaderboard_chart(table, run_dir / "leaderboard.png")
         print(to_markdown(table))
+    ctx = result.context
+    if ctx is not None and "activations" in ctx.__dict__:  # the probe was used: show top images
+        neuron_cards(ctx, descriptions, run_dir / "report.html", chart)
     print(f"results: {run_dir}")
 
 

