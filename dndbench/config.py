@@ -37,6 +37,11 @@ class RunConfig:
     describer: Any = None
     metric: Any = None
     neurons: NeuronsConfig = field(default_factory=NeuronsConfig)
+    captioner: Any = None
+    llm: Any = None
+    text2image: Any = None
+    vlm: Any = None
+    embedder: Any = None
     cache_dir: str = ""  # empty: $DNDBENCH_CACHE or ~/.cache/dndbench
     device: str = "auto"
     batch_size: int = 64
@@ -56,6 +61,7 @@ class RunSpec:
     metrics: list[ComponentConfig] | None  # None: every metric that applies
     neurons: NeuronsConfig
     options: RunConfig
+    backends: dict[str, ComponentConfig] = field(default_factory=dict)
     overrides: list[str] = field(default_factory=list)
 
 
@@ -69,13 +75,39 @@ def registries() -> dict[str, Registry[Any]]:
     return {"model": MODELS, "probe": PROBES, "describer": DESCRIBERS, "metric": METRICS}
 
 
+#: backend kinds -> "module:REGISTRY"; each kind is a config group (``captioner=blip``)
+BACKEND_REGISTRIES = {
+    "captioner": "dndbench.backends.base:CAPTIONERS",
+    "llm": "dndbench.backends.base:LLMS",
+    "text2image": "dndbench.backends.base:TEXT2IMAGE",
+    "vlm": "dndbench.backends.base:VLMS",
+    "embedder": "dndbench.backends.embedder:EMBEDDERS",
+}
+
+
+def backend_registries() -> dict[str, Registry[Any]]:
+    """The backend registries (captioner, llm, text2image, vlm, embedder), by group name."""
+    import importlib
+
+    out = {}
+    for kind, target in BACKEND_REGISTRIES.items():
+        module, attr = target.split(":")
+        out[kind] = getattr(importlib.import_module(module), attr)
+    return out
+
+
+def all_registries() -> dict[str, Registry[Any]]:
+    """Every registry that is a Hydra config group."""
+    return {**registries(), **backend_registries()}
+
+
 def register_configs() -> None:
     """Store the run schema and every registered component config in Hydra's ConfigStore."""
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
-    for group, registry in registries().items():
+    for group, registry in all_registries().items():
         for entry in registry.entries():
             cs.store(group=group, name=entry.name, node=entry.config_class(name=entry.name))
     for group in ("describer", "metric"):
@@ -87,7 +119,7 @@ def _component(group: str, node: Any) -> ComponentConfig:
 
     if not isinstance(node, DictConfig) or "name" not in node:
         raise ConfigError(f"no {group} selected; choose one with {group}=<name>")
-    registry = registries()[group]
+    registry = all_registries()[group]
     name = node["name"]
     cls = registry.entry(name).config_class
     obj = OmegaConf.to_object(node)
@@ -111,9 +143,11 @@ def to_run_spec(cfg: Any, overrides: list[str] | None = None) -> RunSpec:
     describers = (default_describers() if describer_node.get("name") == ALL
                   else [_component("describer", describer_node)])
     metrics = None if metric_node.get("name") == ALL else [_component("metric", metric_node)]
+    components = set(all_registries()) | {"hydra"}
     options = OmegaConf.to_object(OmegaConf.merge(
-        OmegaConf.structured(RunConfig),
-        {k: v for k, v in cfg.items() if k not in ("model", "probe", "describer", "metric", "hydra")}))
+        OmegaConf.structured(RunConfig), {k: v for k, v in cfg.items() if k not in components}))
+    backends = {kind: _component(kind, cfg[kind]) for kind in backend_registries()
+                if cfg.get(kind) is not None}
     return RunSpec(model=_component("model", cfg.model), probe=_component("probe", cfg.probe),
                    describers=describers, metrics=metrics, neurons=options.neurons,
-                   options=options, overrides=list(overrides or []))
+                   options=options, backends=backends, overrides=list(overrides or []))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dndbench.cache import Cache
 
@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from dndbench.activations import Activations
     from dndbench.models.base import TargetModel
     from dndbench.probes.base import ProbeSet
+    from dndbench.registry import ComponentConfig
 
 
 @dataclass
@@ -32,6 +33,20 @@ class Context:
     seed: int = 0
     progress: bool = True
     counters: dict[str, int] = field(default_factory=dict)
+    #: backend configs by kind (captioner, llm, text2image, vlm, embedder); see :meth:`backend`
+    backends: dict[str, "ComponentConfig"] = field(default_factory=dict)
+    _backend_objects: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def backend(self, kind: str) -> Any:
+        """The run's backend of ``kind``, created on first use with its call cache."""
+        if kind not in self._backend_objects:
+            from dndbench.backends.base import create_backend
+            from dndbench.errors import ConfigError
+
+            if kind not in self.backends:
+                raise ConfigError(f"no {kind} configured; choose one with {kind}=<name>")
+            self._backend_objects[kind] = create_backend(kind, self.backends[kind], self.cache)
+        return self._backend_objects[kind]
 
     @cached_property
     def activations(self) -> "Activations":

@@ -88,7 +88,8 @@ def build_context(spec: RunSpec, cache: Cache) -> tuple[Context, NeuronSet]:
     o = spec.options
     ctx = Context(model=model, probe=probe, layer=neurons.layer, units=list(neurons.units),
                   cache=cache, device=o.device, batch_size=o.batch_size,
-                  num_workers=o.num_workers, seed=o.seed, progress=o.progress)
+                  num_workers=o.num_workers, seed=o.seed, progress=o.progress,
+                  backends=dict(spec.backends))
     return ctx, neurons
 
 

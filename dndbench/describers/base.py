@@ -43,6 +43,8 @@ class Describer(ABC):
     needs_probe: bool = True
     in_default_suite: bool = True
     version: str = "1"
+    #: backend kinds the method calls (``captioner``, ``llm``, ...): their configs join the cache key
+    uses_backends: tuple[str, ...] = ()
 
     def __init__(self, config: DescriberConfig) -> None:
         self.config = config
@@ -58,6 +60,7 @@ class Describer(ABC):
             parts.append(ctx.model.weights_fingerprint())
         if self.needs_probe:
             parts += [ctx.probe.config.name, ctx.probe.fingerprint()]
+        parts += [ctx.backends.get(kind) for kind in self.uses_backends]
         return tuple(parts)
 
 

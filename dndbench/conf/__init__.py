@@ -1,0 +1,1 @@
+"""Hydra configs shipped with the package (a config module, so they work after `pip install .`)."""
