@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dndbench.activations import pick_device
 from dndbench.cache import Cache, stable_hash
 from dndbench.config import RunSpec
 from dndbench.context import Context
@@ -87,7 +88,7 @@ def build_context(spec: RunSpec, cache: Cache) -> tuple[Context, NeuronSet]:
     neurons = resolve_neurons(model, spec.neurons)
     o = spec.options
     ctx = Context(model=model, probe=probe, layer=neurons.layer, units=list(neurons.units),
-                  cache=cache, device=o.device, batch_size=o.batch_size,
+                  cache=cache, device=pick_device(o.device), batch_size=o.batch_size,
                   num_workers=o.num_workers, seed=o.seed, progress=o.progress,
                   backends=dict(spec.backends))
     return ctx, neurons

@@ -35,10 +35,13 @@ class Annotation:
     several labels of one category at a pixel), each pixel holds a concept id or 0.
     ``image_level[category]`` lists concept ids that hold for the whole image (scenes, textures).
     A category absent from both dicts is *not annotated* for this image.
+    ``shape`` is the label resolution (H, W); image-level labels cover H x W pixels.  When it is
+    None, the pixel arrays' shape is used (or, without any, the image's own size).
     """
 
     pixel: dict[str, "np.ndarray"] = field(default_factory=dict)
     image_level: dict[str, list[int]] = field(default_factory=dict)
+    shape: tuple[int, int] | None = None
 
     @property
     def categories(self) -> set[str]:

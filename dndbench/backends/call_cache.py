@@ -1,0 +1,118 @@
+"""Persistent, process-safe store of model-call results shared by every backend.
+
+A key hashes (backend, model id, params, input); a value is ``bytes``, a numpy array or a
+JSON-serialisable object.  Entries live in one SQLite database (WAL mode, busy timeout), so
+parallel jobs on one machine can read and write the same store without corrupting it; a key
+written twice keeps its first value (model calls with equal keys give equal answers).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+from dndbench.cache import Cache
+
+if TYPE_CHECKING:
+    import numpy as np
+
+_SCHEMA = "CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, kind TEXT NOT NULL, value BLOB NOT NULL)"
+_CHUNK = 500  # keys per SQL statement (below SQLite's variable limit)
+
+
+def call_key(backend: str, model: str, params: Any, data: Any) -> str:
+    """Stable hex key of one model call (the same across processes and runs)."""
+    text = json.dumps([backend, model, params, data], sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _encode(value: Any) -> tuple[str, bytes]:
+    import numpy as np
+
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return "bytes", bytes(value)
+    if isinstance(value, np.ndarray):
+        buf = io.BytesIO()
+        np.save(buf, value, allow_pickle=False)
+        return "npy", buf.getvalue()
+    return "json", json.dumps(value).encode()
+
+
+def _decode(kind: str, blob: bytes) -> Any:
+    if kind == "bytes":
+        return blob
+    if kind == "npy":
+        import numpy as np
+
+        return np.load(io.BytesIO(blob), allow_pickle=False)
+    return json.loads(blob.decode())
+
+
+class CallCache:
+    """Key -> value store of model calls under ``root`` (``calls.sqlite``), with hit/miss counters."""
+
+    FILENAME = "calls.sqlite"
+
+    def __init__(self, root: Path | str, timeout_s: float = 60.0) -> None:
+        self.root = Path(root)
+        self.path = self.root / self.FILENAME
+        self.timeout_s = timeout_s
+        self.hits = 0
+        self.misses = 0
+        self._ready = False
+
+    @classmethod
+    def for_cache(cls, cache: Cache) -> "CallCache":
+        """The call cache of a run cache: ``<cache.root>/calls``."""
+        return cls(cache.root / "calls")
+
+    def _connect(self) -> sqlite3.Connection:
+        self.root.mkdir(parents=True, exist_ok=True)
+        con = sqlite3.connect(self.path, timeout=self.timeout_s)
+        con.execute(f"PRAGMA busy_timeout = {int(self.timeout_s * 1000)}")
+        if not self._ready:
+            con.execute("PRAGMA journal_mode = WAL")
+            con.execute(_SCHEMA)
+            con.commit()
+            self._ready = True
+        return con
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """Values of the keys that are present (absent keys are left out and counted as misses)."""
+        wanted = list(dict.fromkeys(keys))
+        found: dict[str, Any] = {}
+        if wanted:
+            with closing(self._connect()) as con:
+                for start in range(0, len(wanted), _CHUNK):
+                    chunk = wanted[start:start + _CHUNK]
+                    marks = ",".join("?" * len(chunk))
+                    rows = con.execute(f"SELECT key, kind, value FROM calls WHERE key IN ({marks})", chunk)
+                    found.update({key: _decode(kind, blob) for key, kind, blob in rows})
+        self.hits += len(found)
+        self.misses += len(wanted) - len(found)
+        return found
+
+    def put_many(self, items: Mapping[str, Any]) -> None:
+        """Store values in one transaction; keys already present keep their value."""
+        rows = [(key, *_encode(value)) for key, value in items.items()]
+        if not rows:
+            return
+        with closing(self._connect()) as con, con:
+            con.executemany("INSERT OR IGNORE INTO calls (key, kind, value) VALUES (?, ?, ?)", rows)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """One value, or ``default`` when absent."""
+        return self.get_many([key]).get(key, default)
+
+    def put(self, key: str, value: Any) -> None:
+        """Store one value."""
+        self.put_many({key: value})
+
+    def count(self) -> int:
+        """Number of stored entries."""
+        with closing(self._connect()) as con:
+            return int(con.execute("SELECT COUNT(*) FROM calls").fetchone()[0])

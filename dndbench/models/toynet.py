@@ -1,0 +1,112 @@
+"""The ``toynet`` target model: a small ResNet trained on the toy world, with planted units.
+
+Weights live in ``<cache>/toynet/<key>/`` (``weights.pt`` + ``meta.json``) where ``key`` hashes
+the training config and code versions; they are trained on first use (about 1.5 minutes on two CPU
+cores), under a file lock so parallel jobs train once.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from dndbench.errors import DataError
+from dndbench.models.base import MODELS, ModelConfig, TargetModel
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from dndbench.toyworld.train import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+@MODELS.register("toynet")
+class ToyNetModel(TargetModel):
+    """ToyNet: shape classifier of toy-world images whose planted hidden units have known concepts."""
+
+    @dataclass
+    class Config(ModelConfig):
+        seed: int = 0
+        train_images: int = 6000
+        epochs: int = 6
+
+    final_layer = "fc"
+    input_size = 64
+
+    def train_config(self) -> "TrainConfig":
+        """The full training config these options select."""
+        from dndbench.toyworld.train import TrainConfig
+
+        c = self.config
+        return TrainConfig(seed=c.seed, train_images=c.train_images, epochs=c.epochs)  # type: ignore[attr-defined]
+
+    def weights_fingerprint(self) -> str:
+        from dndbench.toyworld.train import training_key
+
+        return training_key(self.train_config())
+
+    def weights_dir(self) -> Path:
+        """The cache folder holding this config's ``weights.pt`` and ``meta.json``."""
+        return self.cache.root / "toynet" / self.weights_fingerprint()
+
+    def ensure_trained(self) -> Path:
+        """The weights folder, training into it first if it is not complete."""
+        folder = self.weights_dir()
+        if (folder / "meta.json").exists():
+            return folder
+        with self.cache.lock(folder):
+            if not (folder / "meta.json").exists():
+                from dndbench.toyworld.train import train
+
+                log.warning("training toynet (first use, about 1.5 minutes on CPU) into %s", folder)
+                train(self.train_config(), folder)
+        return folder
+
+    def meta(self) -> dict[str, Any]:
+        """The trained model's ``meta.json`` (class names, planted units, training report)."""
+        path = self.ensure_trained() / "meta.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read {path} ({exc}); delete its folder to retrain") from exc
+
+    def build(self, pretrained: bool) -> "torch.nn.Module":
+        import torch
+
+        from dndbench.toyworld.concepts import SHAPES
+        from dndbench.toyworld.toynet import ToyNet
+
+        cfg = self.train_config()
+        net = ToyNet(len(SHAPES), tuple(cfg.widths), cfg.blocks)
+        if pretrained:
+            path = self.ensure_trained() / "weights.pt"
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+                net.load_state_dict(state)
+            except Exception as exc:  # a truncated or foreign file
+                raise DataError(f"cannot load {path} ({exc}); delete its folder to retrain") from exc
+        return net
+
+    def transform(self) -> Callable[["Image.Image"], "torch.Tensor"]:
+        from torchvision import transforms
+
+        from dndbench.toyworld.toynet import MEAN, STD
+
+        return transforms.Compose([
+            transforms.Resize((self.input_size, self.input_size)),
+            transforms.ToTensor(),
+            transforms.Normalize(MEAN, STD),
+        ])
+
+    def class_names(self) -> list[str]:
+        from dndbench.toyworld.concepts import SHAPES
+
+        return list(SHAPES)
+
+    def planted_concepts(self, layer: str) -> dict[int, str]:
+        planted = self.meta()["planted"]
+        return {int(unit): name for unit, name in planted.get(layer, {}).items()}
