@@ -195,7 +195,11 @@ def create_backend(kind: str, config: ComponentConfig, cache: Cache) -> Any:
     return cls(config, call_cache=CallCache.for_cache(cache), cache_dir=cache.root)
 
 
-CAPTIONERS: Registry[Captioner] = Registry("captioner")
-LLMS: Registry[LLM] = Registry("llm")
-TEXT2IMAGE: Registry[TextToImage] = Registry("text2image")
-VLMS: Registry[VisionLanguageModel] = Registry("vlm")
+CAPTIONERS: Registry[Captioner] = Registry("captioner", builtin_modules=(
+    "dndbench.backends.blip", "dndbench.toyworld.backends"))
+LLMS: Registry[LLM] = Registry("llm", builtin_modules=(
+    "dndbench.backends.openai_llm", "dndbench.backends.hf_llm", "dndbench.backends.keyword_llm"))
+TEXT2IMAGE: Registry[TextToImage] = Registry("text2image", builtin_modules=(
+    "dndbench.backends.diffusers_t2i", "dndbench.toyworld.backends"))
+VLMS: Registry[VisionLanguageModel] = Registry("vlm", builtin_modules=(
+    "dndbench.backends.clip_vlm", "dndbench.toyworld.backends"))

@@ -1,0 +1,1 @@
+"""(placeholder: toy-world backends, implemented in the backends issue)"""
