@@ -39,11 +39,13 @@ class TinyModel(TargetModel):
     input_size = 32
 
     def build(self, pretrained: bool) -> "torch.nn.Module":
+        from collections import OrderedDict
+
         import torch
         from torch import nn
 
         torch.manual_seed(self.config.seed)  # type: ignore[attr-defined]
-        return nn.Sequential(dict_to_ordered({
+        return nn.Sequential(OrderedDict({
             "conv1": nn.Conv2d(3, 8, 3, padding=1), "relu1": nn.ReLU(),
             "layer1": nn.Conv2d(8, 16, 3, stride=2, padding=1), "relu2": nn.ReLU(),
             "pool": nn.AdaptiveAvgPool2d(1), "flatten": nn.Flatten(),
@@ -56,12 +58,6 @@ class TinyModel(TargetModel):
 
     def class_names(self) -> list[str]:
         return list(TINY_COLOURS)
-
-
-def dict_to_ordered(modules: dict[str, Any]) -> Any:
-    from collections import OrderedDict
-
-    return OrderedDict(modules)
 
 
 class TinyProbe(ProbeSet):
