@@ -50,7 +50,7 @@ def test_pooled_activations_are_cached_and_match_a_direct_forward(tmp_path: Path
     transform = ctx.model.transform()
     with torch.no_grad():
         x = torch.stack([transform(ctx.probe.image(i)) for i in range(3)])
-        direct = net[:3](x)  # conv1, relu1, layer1 (the hooked module).mean((2, 3)).numpy()
+        direct = net[:3](x).mean((2, 3)).numpy()  # conv1, relu1, layer1 (the hooked one)
     np.testing.assert_allclose(pooled.mean[:3], direct, rtol=1e-5, atol=1e-6)
 
 
