@@ -135,8 +135,9 @@ def run_from_hydra(cfg: Any) -> None:
     cache = Cache(spec.options.cache_dir or None)
     result = run_job(spec, cache)
     config = OmegaConf.to_container(cfg, resolve=True)
-    descriptions, scores = write_run(run_dir, result, config, overrides, spec.model.name,
-                                     spec.probe.name, started)
+    probe = spec.probe.name if result.probe_used else "none"
+    descriptions, scores = write_run(run_dir, result, config, overrides, spec.model.name, probe,
+                                     started)
     chart = None
     if len(scores):
         table = leaderboard(scores)

@@ -75,6 +75,8 @@ class JobResult:
     neurons: NeuronSet
     runs: list[DescriberRun]
     context: Context | None = None
+    #: whether any describer looked at probe images (if not, the probe is not part of the result)
+    probe_used: bool = False
     timings: dict[str, float] = field(default_factory=dict)
     counts: dict[str, Any] = field(default_factory=dict)
 
@@ -130,6 +132,7 @@ def run_job(spec: RunSpec, cache: Cache) -> JobResult:
                     neurons.layer, neurons.model)
     for config in spec.describers:
         describer = DESCRIBERS.create(config)
+        result.probe_used |= describer.needs_probe
         setting = setting_label(config)
         t = time.perf_counter()
         log.info("describing %d units of %s.%s with %s", len(neurons.units), neurons.model,
