@@ -1,1 +1,195 @@
-"""(placeholder: toy-world backends, implemented in the backends issue)"""
+"""Toy-world backends: every DnD / CLIP-Dissect model role, offline, on the toy world.
+
+* ``captioner=toy`` (:class:`ToyCaptioner`): a slot model — one classifier head per caption
+  slot (main shape, colour, texture, scene; distractor and its shape and colour) on a small
+  CNN, rendered through the canonical template ("a red striped star on grass and a small blue
+  circle").  Deterministic.
+* ``vlm=toy`` (:class:`ToyCLIP`): a CLIP-like dual encoder trained contrastively on toy images,
+  their captions and the bare concept words.  Words outside the toy vocabulary (concept names
+  plus a few function words, see :mod:`dndbench.toyworld.captions`) map to one ``<unk>`` token;
+  a text made only of unknown words embeds near the ``<unk>`` text, which was trained to match
+  no image.
+* ``text2image=toy`` (:class:`ToyRenderer`): finds the toy concept words of a prompt, fixes them
+  and draws the rest of the scene at random; unknown words are ignored and a prompt that names
+  no concept gets fully random scenes (so "One realistic image of {c}" works for any c).
+
+Captioner and CLIP share one network (:mod:`dndbench.toyworld.backend_model`), trained on first
+use into ``<cache>/toy_backends/<key>/`` (about half a minute on CPU; or ahead of time with
+``python -m dndbench.toyworld.train_backends``).  This module imports no torch at import time.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dndbench.backends.base import (CAPTIONERS, TEXT2IMAGE, VLMS, BackendConfig, Captioner,
+                                    TextToImage, VisionLanguageModel, png_bytes)
+from dndbench.cache import Cache, stable_hash
+from dndbench.errors import DataError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
+
+    from dndbench.toyworld.concepts import SceneSpec
+    from dndbench.toyworld.train_backends import BackendTrainConfig
+
+log = logging.getLogger(__name__)
+
+#: loaded networks shared by every instance of a process: (weights folder, device) -> model
+_LOADED: dict[tuple[str, str], Any] = {}
+
+
+@dataclass
+class ToyModelConfig(BackendConfig):
+    """Options of the trained toy backends: ``seed``, ``train_images`` and ``epochs`` select
+    (and, on first use, train) the weights."""
+
+    batch_size: int = 128
+    seed: int = 0
+    train_images: int = 4000
+    epochs: int = 5
+
+
+class _ToyTrained:
+    """Shared by the toy captioner and toy CLIP: locating, training and loading the network."""
+
+    config: ToyModelConfig
+    cache_dir: Path
+    device: str
+
+    def train_config(self) -> "BackendTrainConfig":
+        from dndbench.toyworld.train_backends import BackendTrainConfig
+
+        c = self.config
+        return BackendTrainConfig(seed=c.seed, train_images=c.train_images, epochs=c.epochs)
+
+    def weights_dir(self) -> Path:
+        from dndbench.toyworld.train_backends import out_dir
+
+        return out_dir(self.train_config(), self.cache_dir)
+
+    @property
+    def model_id(self) -> str:
+        return f"toy_backends/{self.weights_dir().name}"
+
+    def ensure_trained(self) -> Path:
+        """The weights folder, training into it first (under a lock) if it is not complete."""
+        folder = self.weights_dir()
+        if (folder / "meta.json").exists():
+            return folder
+        with Cache(self.cache_dir).lock(folder):
+            if not (folder / "meta.json").exists():
+                from dndbench.toyworld.train_backends import train
+
+                log.warning("training the toy captioner + CLIP (first use, about half a minute "
+                            "on CPU) into %s", folder)
+                train(self.train_config(), folder, progress=False)
+        return folder
+
+    def model(self) -> Any:
+        """The trained network on this backend's device (loaded once per process)."""
+        folder = self.ensure_trained()
+        key = (str(folder), self.device)
+        if key not in _LOADED:
+            _LOADED[key] = _load(folder, self.device)
+        return _LOADED[key]
+
+
+def _load(folder: Path, device: str) -> Any:
+    import torch
+
+    from dndbench.toyworld.backend_model import ToyDual
+
+    try:
+        config = json.loads((folder / "meta.json").read_text())["config"]
+        model = ToyDual(tuple(config["widths"]), config["dim"])  # type: ignore[arg-type]
+        model.load_state_dict(torch.load(folder / "weights.pt", map_location="cpu",
+                                         weights_only=True))
+    except Exception as exc:  # a truncated or foreign file
+        raise DataError(f"cannot load the toy backends from {folder} ({exc}); "
+                        f"delete the folder to retrain") from exc
+    return model.to(device).eval()
+
+
+@CAPTIONERS.register("toy")
+class ToyCaptioner(_ToyTrained, Captioner):
+    """Toy-world slot captioner: "a red striped star on grass" (offline, trained on first use)."""
+
+    Config = ToyModelConfig
+
+    def _caption_batch(self, images: list["Image.Image"]) -> list[str]:
+        import torch
+
+        from dndbench.toyworld.backend_model import image_batch
+        from dndbench.toyworld.train_backends import predicted_captions
+
+        model = self.model()
+        with torch.no_grad():
+            _, logits = model.encode_image(image_batch(images).to(self.device))
+        return predicted_captions({k: v.argmax(1).cpu().numpy() for k, v in logits.items()})
+
+
+@VLMS.register("toy")
+class ToyCLIP(_ToyTrained, VisionLanguageModel):
+    """Toy-world CLIP-like dual encoder (offline, trained on first use); unknown words -> <unk>."""
+
+    Config = ToyModelConfig
+
+    def _encode_images(self, images: list["Image.Image"]) -> "np.ndarray":
+        import torch
+
+        from dndbench.toyworld.backend_model import image_batch
+
+        model = self.model()
+        with torch.no_grad():
+            emb, _ = model.encode_image(image_batch(images).to(self.device))
+        return emb.cpu().numpy()
+
+    def _encode_texts(self, texts: list[str]) -> "np.ndarray":
+        from dndbench.toyworld.train_backends import encode_texts
+
+        return encode_texts(self.model(), texts, self.device)
+
+
+@TEXT2IMAGE.register("toy")
+class ToyRenderer(TextToImage):
+    """Toy-world renderer: the prompt's toy concepts fixed, the rest of the scene random."""
+
+    @dataclass
+    class Config(BackendConfig):
+        """``size``: side of the rendered images in pixels."""
+
+        size: int = 64
+
+    @property
+    def model_id(self) -> str:
+        from dndbench.toyworld.concepts import GENERATOR_VERSION
+
+        return f"toyworld-renderer/{GENERATOR_VERSION}"
+
+    def _generate_items(self, items: list[tuple[str, int, int]]) -> list[bytes]:
+        return [png_bytes(render_prompt(prompt, seed, i, self.config.size))
+                for prompt, seed, i in items]
+
+
+def render_prompt(prompt: str, seed: int, index: int, size: int = 64) -> "Image.Image":
+    """Image ``index`` for ``prompt`` under ``seed``: a random scene showing the prompt's toy
+    concepts (see :func:`~dndbench.toyworld.concepts.spec_from_text`)."""
+    from dndbench.toyworld.render import render_image
+
+    return render_image(prompt_spec(prompt, seed, index), size)
+
+
+def prompt_spec(prompt: str, seed: int, index: int) -> "SceneSpec":
+    """The scene spec of image ``index`` of ``prompt`` under ``seed``; depends on nothing else."""
+    import numpy as np
+
+    from dndbench.toyworld.concepts import spec_from_text
+
+    rng = np.random.default_rng(int(stable_hash("toy-text2image", prompt, seed, index), 16))
+    return spec_from_text(prompt, rng)
+

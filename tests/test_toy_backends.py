@@ -1,0 +1,187 @@
+"""Tests of the toy-world backends: caption language, renderer, keyword LLM, toy CLIP/captioner."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dndbench.backends.base import CAPTIONERS, LLMS, TEXT2IMAGE, VLMS
+from dndbench.backends.call_cache import CallCache
+from dndbench.cache import Cache
+from dndbench.toyworld.captions import (TEMPLATES, UNK, caption, canonical_caption, mentioned,
+                                        random_caption, tokenize, vocabulary)
+from dndbench.toyworld.concepts import CATEGORIES, concepts_from_text, sample_scene
+from dndbench.toyworld.render import render_image
+
+TINY = dict(train_images=256, epochs=1)
+
+
+def _backend(kind_registry, name: str, tmp_path, **options):
+    cls = kind_registry.get(name)
+    config = cls.Config(name=name, **options)
+    return cls(config, call_cache=CallCache.for_cache(Cache(tmp_path)), cache_dir=tmp_path)
+
+
+# -- caption language ------------------------------------------------------------------------
+def test_captions_name_the_spec_concepts():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        spec = sample_scene(rng)
+        for template in range(len(TEMPLATES)):
+            text = caption(spec, template)
+            truth = {k: v for k, v in spec.concept_names().items() if k in mentioned(template)}
+            assert concepts_from_text(text) == truth, text
+            assert UNK not in [vocabulary()[i] for i in tokenize(text)]
+        assert (" and a small " in canonical_caption(spec)) == (len(spec.objects) > 1)
+        assert random_caption(spec, np.random.default_rng(1)) == random_caption(
+            spec, np.random.default_rng(1))
+
+
+def test_caption_examples_and_unknown_words():
+    spec = sample_scene(np.random.default_rng(3), shape="star", colour="orange",
+                        texture="striped", scene="brick wall", distractor=False)
+    assert canonical_caption(spec) == "an orange striped star on brick wall"
+    unk = vocabulary().index(UNK)
+    assert tokenize("a dog on grass")[1] == unk and tokenize("") == [unk]
+    assert set(tokenize("RED Star")) == {vocabulary().index("red"), vocabulary().index("star")}
+
+
+# -- renderer --------------------------------------------------------------------------------
+def test_renderer_shows_prompted_concepts_and_is_deterministic(tmp_path):
+    from dndbench.toyworld.backends import prompt_spec
+
+    t2i = _backend(TEXT2IMAGE, "toy", tmp_path)
+    prompt = "One realistic image of a red striped star on brick wall"
+    images = t2i.generate([prompt], 4, seed=0)[0]
+    assert len(images) == 4 and images[0].size == (64, 64)
+    for i, image in enumerate(images):
+        spec = prompt_spec(prompt, 0, i)
+        assert spec.concept_names() == {"colour": "red", "texture": "striped", "shape": "star",
+                                        "scene": "brick wall"}
+        assert np.array_equal(np.asarray(image), np.asarray(render_image(spec)))
+    assert len({np.asarray(im).tobytes() for im in images}) == 4
+    fresh = _backend(TEXT2IMAGE, "toy", tmp_path / "other")
+    again = fresh.generate([prompt], 2, seed=0)[0]  # Q' <= Q: the first Q' images
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(again, images))
+    other_seed = fresh.generate([prompt], 1, seed=1)[0][0]
+    assert not np.array_equal(np.asarray(other_seed), np.asarray(images[0]))
+
+
+def test_renderer_ignores_unknown_words(tmp_path):
+    from dndbench.toyworld.backends import prompt_spec
+
+    assert prompt_spec("a fluffy dog near blue water", 0, 0).concept_names()["colour"] == "blue"
+    assert prompt_spec("a fluffy dog near blue water", 0, 0).scene == "water"
+    randoms = {prompt_spec("One realistic image of a dog", 0, i).main.shape for i in range(30)}
+    assert len(randoms) > 3  # nothing known: random scenes
+    t2i = _backend(TEXT2IMAGE, "toy", tmp_path)
+    assert len(t2i.generate(["a dog"], 2)[0]) == 2
+
+
+def test_renderer_call_cache_computes_once(tmp_path):
+    t2i = _backend(TEXT2IMAGE, "toy", tmp_path)
+    t2i.generate(["red", "star"], 3)
+    assert t2i.computed == 6
+    t2i.generate(["red", "star"], 3)
+    assert t2i.computed == 6
+    second = _backend(TEXT2IMAGE, "toy", tmp_path)
+    second.generate(["red"], 2)
+    assert second.computed == 0
+
+
+# -- keyword LLM -----------------------------------------------------------------------------
+def _summarise(captions: list[str]) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "Give one label summarising these descriptions: a windmill, beige linen"},
+        {"role": "assistant", "content": "multicolored textiles"},
+        {"role": "user", "content": "Give one concise label (1-5 words) that summarises most of "
+                                    "the descriptions; answer only the label, no period or quotes. "
+                                    "Descriptions: " + ", ".join(captions)},
+    ]
+
+
+def test_keyword_llm_summarises_the_shared_concept(tmp_path):
+    llm = _backend(LLMS, "keyword", tmp_path)
+    rng = np.random.default_rng(0)
+    reds = [canonical_caption(sample_scene(rng, colour="red")) for _ in range(8)]
+    others = [canonical_caption(sample_scene(rng, colour="blue")) for _ in range(2)]
+    answer = llm.chat([_summarise(reds + others)])[0]
+    assert "red" in answer.split() and "blue" not in answer
+    walls = ["a red plain circle on brick wall", "a blue dotted ring on brick wall",
+             "brick wall with a white wavy heart", "a green star on brick wall"]
+    assert llm.chat([_summarise(walls)])[0] == "brick wall"
+    stars = ["a red striped star on grass", "a blue striped star on sand", "a striped star on snow"]
+    assert llm.chat([_summarise(stars)])[0] == "striped star"
+
+
+def test_keyword_llm_simplifies_one_caption_and_is_robust(tmp_path):
+    llm = _backend(LLMS, "keyword", tmp_path)
+    simplify = [{"role": "user", "content": "Give only one concise concept label that "
+                                            "simplifies the description:\n"
+                                            "a red striped star on grass and a small blue circle"}]
+    assert llm.chat([simplify])[0] == "red striped star grass blue circle"
+    trailing = [{"role": "user", "content": "Summarise:\nred star, red circle, red ring\nAnswer:"}]
+    assert llm.chat([trailing])[0] == "red"
+    assert llm.chat([[{"role": "user", "content": "a dog, a dog on a sofa, a brown dog"}]])[0] == "dog"
+    assert llm.chat([[{"role": "user", "content": ""}]])[0] == ""
+    llm.chat([trailing])
+    assert llm.computed == 4  # the repeated conversation came from the call cache
+
+
+def test_backends_are_registered_with_light_imports():
+    assert "toy" in CAPTIONERS.names() and "toy" in VLMS.names() and "toy" in TEXT2IMAGE.names()
+    assert "keyword" in LLMS.names()
+    code = ("import sys, dndbench.toyworld.backends, dndbench.backends.keyword_llm; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+# -- trained toy CLIP and captioner ----------------------------------------------------------
+@pytest.mark.slow
+def test_training_beats_chance_and_is_deterministic(tmp_path):
+    import torch
+
+    from dndbench.toyworld.train_backends import BackendTrainConfig, train
+
+    config = BackendTrainConfig(train_images=768, test_images=200, epochs=3, batch_size=32,
+                                widths=(16, 24, 32, 48))
+    meta = train(config, tmp_path / "a", progress=False, workers=1)
+    report = meta["report"]
+    assert report["caption_retrieval_top1"] > 5 / report["caption_retrieval_candidates"]
+    for category in ("colour", "scene"):  # shapes need a longer training than a test affords
+        score = report["concept_word_top1"][category]
+        assert score["top1"] > 2 * score["chance"], category
+    assert report["slot_accuracy"]["colour"] > 2 / 8 and report["slot_accuracy"]["scene"] > 2 / 7
+    tiny = BackendTrainConfig(train_images=128, test_images=32, epochs=1, widths=(8, 8, 8, 8))
+    weights = []
+    for folder in ("b", "c"):
+        train(tiny, tmp_path / folder, progress=False, workers=1)
+        weights.append(torch.load(tmp_path / folder / "weights.pt"))
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+@pytest.mark.slow
+def test_toy_clip_and_captioner_backends(tmp_path):
+    from dndbench.toyworld.render import toy_image
+
+    vlm = _backend(VLMS, "toy", tmp_path, **TINY)
+    captioner = _backend(CAPTIONERS, "toy", tmp_path, **TINY)
+    images = [toy_image(7, i)[0] for i in range(6)]
+    emb = vlm.encode_images(images)
+    assert emb.shape == (6, 64) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    texts = vlm.encode_texts(["red", "dog", "zebra", "red star"])
+    assert np.allclose(texts[1], texts[2])  # unknown words all map to <unk>
+    assert not np.allclose(texts[0], texts[1])
+    captions = captioner.caption(images)
+    assert all(set(concepts_from_text(c)) == set(CATEGORIES) for c in captions)
+    assert (tmp_path / "toy_backends" / vlm.weights_dir().name / "meta.json").exists()
+    before = (vlm.computed, captioner.computed)
+    vlm.encode_images(images)
+    captioner.caption(images)
+    assert (vlm.computed, captioner.computed) == before == (6 + 4, 6)
+    # a bigger crop of a toy image is resized to 64x64
+    assert len(captioner.caption([images[0].resize((150, 150))])) == 1
