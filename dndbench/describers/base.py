@@ -60,11 +60,17 @@ class Describer(ABC):
             parts.append(ctx.model.weights_fingerprint())
         if self.needs_probe:
             parts += [ctx.probe.config.name, ctx.probe.fingerprint()]
-        parts += [ctx.backends.get(kind) for kind in self.uses_backends]
+        for kind in self.uses_backends:  # config plus the weights' identity and code version
+            backend = ctx.backend(kind)
+            parts.append((ctx.backends.get(kind), backend.model_id, backend.version))
         return tuple(parts)
 
 
 DESCRIBERS: Registry[Describer] = Registry("describer", builtin_modules=(
     "dndbench.describers.netdissect",
+    "dndbench.describers.clip_dissect",
     "dndbench.describers.published",
+    "dndbench.describers.milan",
+    "dndbench.describers.dnd",
+    "dndbench.describers.caption_word",
 ))

@@ -1,0 +1,103 @@
+"""Describe-and-Dissect (DnD; Bai et al., TMLR 2025), implemented from METHODS.md §1.
+
+For each unit: (1) its top-``k`` probe images, augmented with attention crops (Otsu boxes of the
+unit's upsampled activation map) and re-ranked; (2) the top images captioned, each caption
+optionally simplified by the LLM, then ``n`` LLM summaries over seeded shuffles of the captions,
+normalised into candidate concepts; (3) ``q`` images per candidate from the text-to-image
+backend, ranked by the unit's pooled activation, each candidate scored (``scoring``) and the best
+three kept: label 1 is the description.  Steps run batched over all units of a layer
+(:mod:`dndbench.dnd.batching`): shared images, prompts and concepts are computed once and
+results equal those of one-unit-at-a-time runs.
+
+Paper vs released code (METHODS.md §1.8), both available; defaults:
+
+* ``heatmap``: ``minmax`` (default; map min-max normalised to 8 bits before Otsu) or ``raw``
+  (the code's ``x*255`` cast to uint8, which wraps for activations above 1);
+* ``downscale``: False (default; full-resolution synthetic images, the paper's description) or
+  True (the code's 32x32 downscale before the target network and CLIP);
+* ``simplify``: True (default, the code's per-caption LLM simplification) or False (summarise
+  the raw captions);
+* the LLM model is the ``llm`` backend's choice (``llm=openai llm.model=gpt-4-0125-preview`` is
+  the code's, GPT-3.5-Turbo the paper's).
+
+Other deviations, documented: images of a prompt are seeded per (prompt, seed, i) instead of by
+one generator shared across the run; original top images keep their probe-set activations in
+the re-ranking (crops get theirs from the target network); candidates are de-duplicated in
+first-occurrence order; ties are broken by candidate index (lower first).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from dndbench.describers.base import DESCRIBERS, Describer, DescriberConfig, Description
+from dndbench.errors import ConfigError
+
+if TYPE_CHECKING:
+    from dndbench.context import Context
+
+
+@DESCRIBERS.register("dnd")
+class DnDDescriber(Describer):
+    """Describe-and-Dissect: captions -> LLM candidates -> text-to-image -> best concept."""
+
+    @dataclass
+    class Config(DescriberConfig):
+        k: int = 10  #: top images per unit (before and after cropping)
+        pooling: str = "mean"  #: how a unit's map becomes one activation
+        crops: bool = True  #: step 1 attention cropping (skipped for layers without maps)
+        crop_size: int = 375  #: images are resized to this side before cropping
+        heatmap: str = "minmax"  #: ``minmax`` or the code's ``raw`` 8-bit conversion
+        max_crops_per_image: int = 4
+        crop_max_iou: float = 0.5  #: a crop's IoU with every kept crop is <= this
+        crop_max_full_iou: float = 0.8  #: a crop's IoU with the whole image is < this
+        simplify: bool = True  #: LLM simplification of each caption before summarising
+        n: int = 5  #: LLM summaries (candidate concepts) per unit
+        q: int = 10  #: synthetic images per candidate
+        prompt_template: str = "One realistic image of {concept}"
+        downscale: bool = False  #: the code's 32x32 downscale of synthetic images
+        scoring: str = "topk_compare"  #: mean, topk_squared, image_products, topk_compare
+        beta: int = 5  #: best ranks averaged by topk_squared
+        top_window: int = 10  #: global top window for image_products
+        seed: int = 0  #: seeds the caption shuffles and the text-to-image backend
+        units_per_batch: int = 0  #: units described together (0 = all; 1 = one at a time)
+
+    uses_backends = ("captioner", "llm", "text2image", "vlm")
+    in_default_suite = True
+    version = "1"
+
+    def __init__(self, config: "DnDDescriber.Config") -> None:
+        super().__init__(config)
+        check_config(config)
+
+    def describe(self, ctx: "Context") -> list[Description]:
+        from dndbench.dnd.batching import describe_units
+
+        units = list(ctx.units)
+        step = self.config.units_per_batch or max(1, len(units))
+        out: list[Description] = []
+        for start in range(0, len(units), step):
+            out += describe_units(ctx, self.config, units[start:start + step])
+        return out
+
+
+def check_config(c: DnDDescriber.Config) -> None:
+    """Raise ConfigError for options out of range."""
+    from dndbench.dnd.cropping import HEATMAP_MODES
+    from dndbench.dnd.selection import SCORINGS
+
+    problems = [f"{name} must be >= 1 (got {getattr(c, name)})"
+                for name in ("k", "n", "q", "beta", "top_window", "crop_size",
+                             "max_crops_per_image") if getattr(c, name) < 1]
+    if c.scoring not in SCORINGS:
+        problems.append(f"scoring must be one of {', '.join(SCORINGS)} (got {c.scoring!r})")
+    if c.heatmap not in HEATMAP_MODES:
+        problems.append(f"heatmap must be one of {', '.join(HEATMAP_MODES)} (got {c.heatmap!r})")
+    if c.pooling not in ("mean", "max"):
+        problems.append(f"pooling must be mean or max (got {c.pooling!r})")
+    if "{concept}" not in c.prompt_template:
+        problems.append(f"prompt_template must contain {{concept}} (got {c.prompt_template!r})")
+    if c.units_per_batch < 0:
+        problems.append("units_per_batch must be >= 0")
+    if problems:
+        raise ConfigError("describer 'dnd': " + "; ".join(problems))

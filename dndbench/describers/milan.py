@@ -1,0 +1,184 @@
+"""MILAN (Hernandez et al. 2022), implemented from METHODS.md §4.
+
+For every unit: the ``k`` = 15 top-activating probe images with masks keeping the unit's top
+1 % activations (:mod:`dndbench.milan.exemplars`); a frozen pyramid encoder turns each masked
+exemplar into a feature vector; the attention-LSTM captioner p(d | E) beam-searches (beam 50, at
+most 15 tokens) and the beams are re-ranked by log p(d | E) - λ log p(d) (λ = 0.2) with an LSTM
+language model p(d).
+
+Weights: ``checkpoint`` names a file written by ``python -m dndbench.milan.train``
+(``checkpoint_format=dndbench``) or a released MILAN checkpoint such as ``milan-base.pth``
+(``checkpoint_format=released``; :mod:`dndbench.milan.checkpoint`).  Empty, on a toy network,
+means the toy MILAN: trained on annotations of another toy network (``annotation_seed``) on
+first use, or loaded from the cache if the training command built it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from dndbench.describers.base import DESCRIBERS, Describer, DescriberConfig, Description
+from dndbench.errors import ConfigError
+
+if TYPE_CHECKING:
+    from dndbench.context import Context
+    from dndbench.milan.model import Milan
+    from dndbench.milan.train import ToyMilanConfig
+
+STRATEGIES = ("greedy", "beam", "rerank")
+
+
+@DESCRIBERS.register("milan")
+class MilanDescriber(Describer):
+    """MILAN: a captioner trained on human descriptions of exemplars, decoded by weighted PMI."""
+
+    @dataclass
+    class Config(DescriberConfig):
+        """Exemplars: ``k`` top images, masks at the ``quantile`` of activations.
+        Decoding: ``strategy`` (greedy, beam, rerank), ``beam_size``, ``max_length`` tokens,
+        ``temperature`` = λ of the PMI re-ranking.  Weights: ``checkpoint`` (path; empty = the
+        toy MILAN) and ``checkpoint_format`` (auto, dndbench, released).  The toy MILAN:
+        ``annotation_seed`` (the annotated toy network, never the described one),
+        ``annotation_train_images`` / ``annotation_epochs`` (its reduced training),
+        ``annotation_probe_seed`` / ``annotation_probe_size``, model sizes (the paper's:
+        embedding 128, hidden 512, LM 2 x 512, dropout 0.5), ``epochs``, ``train_seed``,
+        ``hold_out`` (fraction of units held out for the reported validation)."""
+
+        k: int = 15
+        quantile: float = 0.99
+        strategy: str = "rerank"
+        beam_size: int = 50
+        max_length: int = 15
+        temperature: float = 0.2
+        checkpoint: str = ""
+        checkpoint_format: str = "auto"
+        annotation_seed: int = 1
+        annotation_train_images: int = 2000
+        annotation_epochs: int = 3
+        annotation_probe_seed: int = 3000
+        annotation_probe_size: int = 800
+        embedding_size: int = 128
+        hidden_size: int = 512
+        lm_hidden_size: int = 512
+        lm_layers: int = 2
+        dropout: float = 0.5
+        epochs: int = 40
+        train_seed: int = 0
+        hold_out: float = 0.1
+
+    needs_weights = True
+    needs_probe = True
+    version = "1"
+
+    def __init__(self, config: "MilanDescriber.Config") -> None:
+        super().__init__(config)
+        self.config: MilanDescriber.Config = config
+        if config.strategy not in STRATEGIES:
+            raise ConfigError(f"milan: strategy must be one of {STRATEGIES}, got {config.strategy!r}")
+        if not 0 < config.quantile < 1 or config.k < 1 or config.beam_size < 1 or config.max_length < 1:
+            raise ConfigError("milan: need 0 < quantile < 1 and k, beam_size, max_length >= 1")
+        if config.checkpoint_format not in ("auto", "dndbench", "released"):
+            raise ConfigError("milan: checkpoint_format must be auto, dndbench or released")
+        self._model: Milan | None = None
+
+    # -- weights ----------------------------------------------------------------------------------
+    def toy_config(self) -> "ToyMilanConfig":
+        """The toy MILAN these options select."""
+        from dndbench.milan.train import FitConfig, ToyMilanConfig
+
+        c = self.config
+        sizes = {"embedding_size": c.embedding_size, "hidden_size": c.hidden_size,
+                 "lm_embedding_size": c.embedding_size, "lm_hidden_size": c.lm_hidden_size,
+                 "lm_layers": c.lm_layers, "dropout": c.dropout, "lm_dropout": c.dropout}
+        return ToyMilanConfig(annotation_seed=c.annotation_seed,
+                              annotation_train_images=c.annotation_train_images,
+                              annotation_epochs=c.annotation_epochs,
+                              probe_seed=c.annotation_probe_seed,
+                              probe_size=c.annotation_probe_size, k=c.k, quantile=c.quantile,
+                              sizes=sizes, fit=FitConfig(epochs=c.epochs, lm_epochs=c.epochs,
+                                                         seed=c.train_seed, hold_out=c.hold_out,
+                                                         max_length=c.max_length))
+
+    def _is_toy(self, ctx: "Context") -> bool:
+        return ctx.model.config.name == "toynet" or type(ctx.model).__name__ == "ToyNetModel"
+
+    def weights_key(self, ctx: "Context") -> str:
+        """What identifies the MILAN weights used (part of the cache key)."""
+        from pathlib import Path
+
+        from dndbench.cache import stable_hash
+
+        if self.config.checkpoint:
+            path = Path(self.config.checkpoint).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"milan: checkpoint {path} not found")
+            st = path.stat()
+            return stable_hash("milan-file", str(path.resolve()), st.st_size, st.st_mtime_ns)
+        from dndbench.milan.train import toy_key
+
+        self._check_toy(ctx)
+        return toy_key(self.toy_config())
+
+    def _check_toy(self, ctx: "Context") -> None:
+        if not self._is_toy(ctx):
+            raise ConfigError("milan: without describer.checkpoint=PATH only toy networks can be "
+                              "described (the toy MILAN); give a trained or released checkpoint")
+        if getattr(ctx.model.config, "seed", None) == self.config.annotation_seed:
+            raise ConfigError(f"milan: the described toy network has seed "
+                              f"{self.config.annotation_seed}, the seed whose units the toy MILAN "
+                              f"is trained on; choose another describer.annotation_seed")
+
+    def model(self, ctx: "Context") -> "Milan":
+        """The MILAN model (loaded, or trained on first use for the toy world)."""
+        if self._model is None:
+            from pathlib import Path
+
+            if self.config.checkpoint:
+                from dndbench.milan.checkpoint import load_any
+
+                self._model = load_any(Path(self.config.checkpoint).expanduser(),
+                                       self.config.checkpoint_format)
+            else:
+                from dndbench.milan.model import Milan
+                from dndbench.milan.train import ensure_toy_milan
+
+                self._check_toy(ctx)
+                self._model = Milan.load(ensure_toy_milan(self.toy_config(), ctx.cache))
+        return self._model
+
+    def cache_key_parts(self, ctx: "Context") -> tuple[Any, ...]:
+        return (*super().cache_key_parts(ctx), self.weights_key(ctx))
+
+    # -- describing -------------------------------------------------------------------------------
+    def describe(self, ctx: "Context") -> list[Description]:
+        import torch
+
+        from dndbench.milan.decoding import decode
+        from dndbench.milan.exemplars import compute_exemplars
+
+        if not ctx.units:
+            return []
+        milan = self.model(ctx)
+        c = self.config
+        ex = compute_exemplars(ctx, k=c.k, quantile=c.quantile)
+        out: list[Description] = []
+        for start in range(0, len(ex.units), 16):
+            part = slice(start, start + 16)
+            images = torch.from_numpy(ex.images[part]).float() / 255.0
+            feats = milan.encode(images, torch.from_numpy(ex.masks[part]))
+            decoded = decode(milan.decoder, milan.lm, feats, milan.vocab, c.strategy,
+                             c.beam_size, c.max_length, c.temperature)
+            for row, d in enumerate(decoded, start):
+                out.append(self._summarise(ex.units[row], d, float(ex.thresholds[row])))
+            ctx.count("milan_units", len(decoded))
+        return out
+
+    @staticmethod
+    def _summarise(unit: int, decoded: Any, threshold: float) -> Description:
+        texts = [t for t in decoded.texts if t.strip()]
+        label = texts[0] if texts else "(empty)"
+        alternatives = [t for t in dict.fromkeys(texts[1:]) if t != label][:2]
+        score = decoded.scores[0] if decoded.scores else float("nan")
+        logp = decoded.logp[0] if decoded.logp else float("nan")
+        return Description(unit=unit, label=label, alternatives=alternatives, score=float(score),
+                           extras={"logp_caption": float(logp), "threshold": threshold})
