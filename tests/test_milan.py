@@ -226,6 +226,17 @@ def test_describer_refuses_the_annotation_network_and_non_toy_without_checkpoint
         DESCRIBERS.create(DESCRIBERS.config("milan", strategy="sample"))
 
 
+def test_describer_and_training_command_build_the_same_toy_milan() -> None:
+    from dndbench.milan.train import TOY_SIZES, ToyMilanConfig, toy_key
+
+    describer = DESCRIBERS.create(DESCRIBERS.config("milan"))
+    assert toy_key(describer.toy_config()) == toy_key(ToyMilanConfig())
+    paper = DESCRIBERS.create(DESCRIBERS.config("milan", sizes="paper")).toy_config()
+    assert paper.sizes["hidden_size"] == 512 and TOY_SIZES["hidden_size"] < 512
+    with pytest.raises(ConfigError):
+        DESCRIBERS.create(DESCRIBERS.config("milan", sizes="huge"))
+
+
 @pytest.mark.slow
 def test_toy_annotation_set_and_training(tmp_path: Path) -> None:
     from dndbench.milan.train import ToyMilanConfig, ensure_toy_milan

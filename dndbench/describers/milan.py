@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from dndbench.milan.train import ToyMilanConfig
 
 STRATEGIES = ("greedy", "beam", "rerank")
+SIZE_PRESETS = ("toy", "paper")
 
 
 @DESCRIBERS.register("milan")
@@ -38,11 +39,12 @@ class MilanDescriber(Describer):
         Decoding: ``strategy`` (greedy, beam, rerank), ``beam_size``, ``max_length`` tokens,
         ``temperature`` = λ of the PMI re-ranking.  Weights: ``checkpoint`` (path; empty = the
         toy MILAN) and ``checkpoint_format`` (auto, dndbench, released).  The toy MILAN:
-        ``annotation_seed`` (the annotated toy network, never the described one),
-        ``annotation_train_images`` / ``annotation_epochs`` (its reduced training),
-        ``annotation_probe_seed`` / ``annotation_probe_size``, model sizes (the paper's:
-        embedding 128, hidden 512, LM 2 x 512, dropout 0.5), ``epochs``, ``train_seed``,
-        ``hold_out`` (fraction of units held out for the reported validation)."""
+        ``annotation_seed`` (the annotated ``toynet``, standard training, never the described
+        network), ``annotation_probe_seed`` / ``annotation_probe_size``, ``sizes`` (``toy``: the
+        smaller CPU preset :data:`~dndbench.milan.train.TOY_SIZES`; ``paper``: embedding 128,
+        hidden 512, LM 2 x 512, dropout 0.5), ``epochs``, ``train_seed``, ``hold_out``
+        (fraction of units held out for the reported validation; the saved model is the
+        validated one)."""
 
         k: int = 15
         quantile: float = 0.99
@@ -53,15 +55,9 @@ class MilanDescriber(Describer):
         checkpoint: str = ""
         checkpoint_format: str = "auto"
         annotation_seed: int = 1
-        annotation_train_images: int = 2000
-        annotation_epochs: int = 3
         annotation_probe_seed: int = 3000
         annotation_probe_size: int = 800
-        embedding_size: int = 128
-        hidden_size: int = 512
-        lm_hidden_size: int = 512
-        lm_layers: int = 2
-        dropout: float = 0.5
+        sizes: str = "toy"
         epochs: int = 40
         train_seed: int = 0
         hold_out: float = 0.1
@@ -79,25 +75,25 @@ class MilanDescriber(Describer):
             raise ConfigError("milan: need 0 < quantile < 1 and k, beam_size, max_length >= 1")
         if config.checkpoint_format not in ("auto", "dndbench", "released"):
             raise ConfigError("milan: checkpoint_format must be auto, dndbench or released")
+        if config.sizes not in SIZE_PRESETS:
+            raise ConfigError(f"milan: sizes must be one of {SIZE_PRESETS}, got {config.sizes!r}")
         self._model: Milan | None = None
 
     # -- weights ----------------------------------------------------------------------------------
     def toy_config(self) -> "ToyMilanConfig":
         """The toy MILAN these options select."""
-        from dndbench.milan.train import FitConfig, ToyMilanConfig
+        from dataclasses import asdict
+
+        from dndbench.milan.model import Sizes
+        from dndbench.milan.train import TOY_SIZES, FitConfig, ToyMilanConfig
 
         c = self.config
-        sizes = {"embedding_size": c.embedding_size, "hidden_size": c.hidden_size,
-                 "lm_embedding_size": c.embedding_size, "lm_hidden_size": c.lm_hidden_size,
-                 "lm_layers": c.lm_layers, "dropout": c.dropout, "lm_dropout": c.dropout}
-        return ToyMilanConfig(annotation_seed=c.annotation_seed,
-                              annotation_train_images=c.annotation_train_images,
-                              annotation_epochs=c.annotation_epochs,
-                              probe_seed=c.annotation_probe_seed,
+        sizes = dict(TOY_SIZES) if c.sizes == "toy" else asdict(Sizes())
+        fit = FitConfig(epochs=c.epochs, lm_epochs=c.epochs, seed=c.train_seed,
+                        hold_out=c.hold_out, max_length=c.max_length, refit=False)
+        return ToyMilanConfig(annotation_seed=c.annotation_seed, probe_seed=c.annotation_probe_seed,
                               probe_size=c.annotation_probe_size, k=c.k, quantile=c.quantile,
-                              sizes=sizes, fit=FitConfig(epochs=c.epochs, lm_epochs=c.epochs,
-                                                         seed=c.train_seed, hold_out=c.hold_out,
-                                                         max_length=c.max_length))
+                              sizes=sizes, fit=fit)
 
     def _is_toy(self, ctx: "Context") -> bool:
         return ctx.model.config.name == "toynet" or type(ctx.model).__name__ == "ToyNetModel"

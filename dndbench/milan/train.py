@@ -9,7 +9,8 @@ and trains the toy MILAN into the cache folder the ``milan`` describer reads, so
 
 The held-out units (``hold_out``, by unit) give the reported validation loss and caption quality
 (exact match, BLEU-1, and for the toy world whether the description names the unit's concept);
-with ``refit`` the saved model is then trained again on every unit.
+with ``refit`` (the real track's default) the saved model is then trained again on every unit;
+the toy MILAN saves the validated model itself.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import logging
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -78,7 +79,7 @@ class ToyMilanConfig:
     quantile: float = 0.99
     min_agreement: float = 0.6
     sizes: dict[str, Any] = field(default_factory=lambda: dict(TOY_SIZES))
-    fit: FitConfig = field(default_factory=FitConfig)
+    fit: FitConfig = field(default_factory=lambda: FitConfig(refit=False))
 
 
 def toy_key(config: ToyMilanConfig) -> str:
@@ -398,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
                         hold_out=args.hold_out)
     cache = Cache(default_cache_dir())
     if args.source == "toy":
-        config = ToyMilanConfig(annotation_seed=args.annotation_seed, fit=fit_cfg)
+        config = ToyMilanConfig(annotation_seed=args.annotation_seed,
+                                fit=replace(fit_cfg, refit=ToyMilanConfig().fit.refit))
         out = args.out or toy_dir(config, cache)
         milan = train_toy(config, out, cache)
     else:
