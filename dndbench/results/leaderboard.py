@@ -86,7 +86,7 @@ def leaderboard(scores: "pd.DataFrame", seed: int = 0) -> "pd.DataFrame":
         per_setting = {s: g.set_index("unit")["value"].astype(float).dropna()
                        for s, g in group.groupby("setting")}
         means = {s: v.mean() for s, v in per_setting.items()}
-        best = max(means, key=lambda s: (means[s], s))
+        best = min(means, key=lambda s: (-means[s], s))  # highest mean; ties: first by name
         for setting, values in per_setting.items():
             total = int(group[group.setting == setting]["num_units"].max())
             low, high = bootstrap_ci(values.to_numpy(), rng)
@@ -96,8 +96,8 @@ def leaderboard(scores: "pd.DataFrame", seed: int = 0) -> "pd.DataFrame":
                          "vs_best": "best" if setting == best
                          else paired_lower(per_setting[best], values, rng)})
     table = pd.DataFrame(rows)
-    return table.sort_values(GROUP + ["mean"], ascending=[True] * len(GROUP) + [False],
-                             ignore_index=True)
+    return table.sort_values(GROUP + ["mean", "setting"],
+                             ascending=[True] * len(GROUP) + [False, True], ignore_index=True)
 
 
 def to_markdown(table: "pd.DataFrame") -> str:
