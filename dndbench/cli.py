@@ -1,5 +1,6 @@
 """Command line: ``python -m dndbench [overrides]`` runs a job through Hydra; a few subcommands
-(``list``, ``leaderboard``, ``train-toynet``, ``download-broden``) are plain argparse tools.
+(``list``, ``leaderboard``, ``train-toynet``, ``train-toy-backends``, ``train-milan``,
+``download-broden``) are plain argparse tools.
 
 Hydra stops here: the composed config is turned into typed objects by
 :func:`dndbench.config.to_run_spec` and nothing past this module sees a DictConfig.
@@ -22,6 +23,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "list": ("dndbench.cli", "list_components"),
     "leaderboard": ("dndbench.results.leaderboard", "main"),
     "train-toynet": ("dndbench.toyworld.train", "main"),
+    "train-toy-backends": ("dndbench.toyworld.train_backends", "main"),
+    "train-milan": ("dndbench.milan.train", "main"),
     "download-broden": ("dndbench.probes.broden_download", "main"),
 }
 HYDRA_FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
