@@ -55,3 +55,11 @@ def test_cli_writes_markdown_and_csv(tmp_path: Path) -> None:
 def test_no_scores_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no scores.csv"):
         load_scores([tmp_path])
+
+
+def test_ties_mark_the_first_listed_setting_best(tmp_path: Path) -> None:
+    write_scores(tmp_path / "x", "b_method", [0.5, 0.7], 2)
+    write_scores(tmp_path / "y", "a_method", [0.7, 0.5], 2)
+    table = leaderboard(load_scores([tmp_path]))
+    assert list(table.setting) == ["a_method", "b_method"]
+    assert list(table.vs_best) == ["best", "="]
