@@ -11,7 +11,6 @@ post-ReLU activation map, so their meaning is known by construction.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -343,21 +342,12 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dndbench.toyworld.train",
-                                     description="Train ToyNet on generated toy-world images.")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default: the toynet model's cache folder)")
-    parser.add_argument("--train-images", type=int, default=TrainConfig.train_images)
-    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    config = TrainConfig(seed=args.seed, train_images=args.train_images, epochs=args.epochs)
-    out = args.out or default_out_dir(config)
-    meta = train(config, out, progress=not args.quiet)
-    print(format_report(meta["report"]))
-    print(f"wrote {out / 'weights.pt'} and {out / 'meta.json'}")
-    return 0
+    """``python -m dndbench.toyworld.train``: train, report, save."""
+    from dndbench.toyworld.training_cli import run_training_command
+
+    return run_training_command(argv, prog="python -m dndbench.toyworld.train",
+                                description="Train ToyNet on generated toy-world images.", config_class=TrainConfig,
+                                default_out=default_out_dir, train=train, format_report=format_report)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ out), disjoint from the probe's (< 1,000,000) and ToyNet's (1,000,000 + 2 * seed
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -292,22 +291,12 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dndbench.toyworld.train_backends",
-                                     description="Train the toy CLIP and toy captioner.")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default: the toy backends' cache folder)")
-    parser.add_argument("--train-images", type=int, default=BackendTrainConfig.train_images)
-    parser.add_argument("--epochs", type=int, default=BackendTrainConfig.epochs)
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    config = BackendTrainConfig(seed=args.seed, train_images=args.train_images,
-                                epochs=args.epochs)
-    out = args.out or out_dir(config)
-    meta = train(config, out, progress=not args.quiet)
-    print(format_report(meta["report"]))
-    print(f"wrote {out / 'weights.pt'} and {out / 'meta.json'}")
-    return 0
+    """``python -m dndbench.toyworld.train_backends``: train, report, save."""
+    from dndbench.toyworld.training_cli import run_training_command
+
+    return run_training_command(argv, prog="python -m dndbench.toyworld.train_backends",
+                                description="Train the toy CLIP and toy captioner.", config_class=BackendTrainConfig,
+                                default_out=out_dir, train=train, format_report=format_report)
 
 
 if __name__ == "__main__":
