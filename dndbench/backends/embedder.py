@@ -13,17 +13,18 @@ import shutil
 import socket
 import tempfile
 import zipfile
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import urlparse
 
+from dndbench.backends.base import Backend, BackendConfig
 from dndbench.backends.call_cache import CallCache, call_key
-from dndbench.cache import Cache, default_cache_dir
+from dndbench.cache import Cache
 from dndbench.errors import BackendError
-from dndbench.registry import ComponentConfig, Registry
+from dndbench.registry import Registry
 
 if TYPE_CHECKING:
     import numpy as np
@@ -33,7 +34,7 @@ _LOADED: dict[tuple[type, str, str], Any] = {}
 
 
 @dataclass
-class EmbedderConfig(ComponentConfig):
+class EmbedderConfig(BackendConfig):
     """Options every embedder has: ``path`` is a local model folder that replaces the default source."""
 
     device: str = "cpu"
@@ -41,27 +42,17 @@ class EmbedderConfig(ComponentConfig):
     path: str = ""
 
 
-class Embedder(ABC):
-    """Base class: a text encoder with a call cache; subclasses load a model and encode a batch."""
+class Embedder(Backend):
+    """Base class: a text encoder with a call cache; subclasses load a model and encode a batch.
+
+    Construction, ``device``, ``cache_dir`` (model files go to ``<cache_dir>/models``) and the
+    ``computed`` counter (texts actually encoded) come from :class:`Backend`."""
 
     Config = EmbedderConfig
     #: hub id of the model (its identity in cache keys unless ``path`` is set)
     hub_id: str = ""
     #: bump when a change alters the vectors
     version: str = "1"
-
-    def __init__(self, config: EmbedderConfig, call_cache: CallCache | None = None,
-                 cache_dir: Path | str | None = None) -> None:
-        self.config = config
-        self.call_cache = call_cache
-        #: folder for unpacked model files (``<cache_dir>/models``)
-        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-        #: number of texts this instance actually encoded (cache misses)
-        self.computed = 0
-
-    @property
-    def device(self) -> str:
-        return self.config.device
 
     @property
     def model_id(self) -> str:
