@@ -22,9 +22,9 @@ log = logging.getLogger("dndbench")
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "list": ("dndbench.cli", "list_components"),
     "leaderboard": ("dndbench.results.leaderboard", "main"),
-    "train-toynet": ("dndbench.toyworld.train", "main"),
-    "train-toy-backends": ("dndbench.toyworld.train_backends", "main"),
-    "train-milan": ("dndbench.milan.train", "main"),
+    "train-toynet": ("dndbench.toyworld.train_toynet", "main"),
+    "train-toy-backends": ("dndbench.toyworld.train_toy_backends", "main"),
+    "train-milan": ("dndbench.describers.milan.training", "main"),
     "download-broden": ("dndbench.probes.broden_download", "main"),
 }
 HYDRA_FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
@@ -84,7 +84,8 @@ def precheck(argv: list[str]) -> None:
     from hydra import compose, initialize_config_module
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from dndbench.config import ALL, registries, to_run_spec
+    from dndbench.config import ALL, to_run_spec
+    from dndbench.registry import registries
 
     overrides = _plain_overrides(argv)
     try:
@@ -155,13 +156,11 @@ def run_from_hydra(cfg: Any) -> None:
 
 def list_components(argv: list[str]) -> int:
     """``dndbench list``: every registered component with its origin."""
-    from dndbench.config import registries
+    from dndbench.registry import registries
     from dndbench.plugins import load_plugins
 
     load_plugins(argv[0] if argv else None)
-    from dndbench.backends.embedder import EMBEDDERS
-
-    kinds = {**registries(), "embedder": EMBEDDERS}
+    kinds = registries()
     width = max(len(e.name) for r in kinds.values() for e in r.entries())
     for kind, registry in kinds.items():
         print(f"{kind}s:")

@@ -11,21 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dndbench.errors import ConfigError
-from dndbench.registry import ComponentConfig, Registry
+from dndbench.catalog import BACKEND_KINDS, KINDS
+from dndbench.neurons import NeuronsConfig
+from dndbench.registry import ComponentConfig, Registry, registries
 
 #: the special component name that expands to a whole suite (all default describers / metrics)
 ALL = "all"
-
-
-@dataclass
-class NeuronsConfig:
-    """Which units to describe: ``layer`` (a module name or ``final``) and ``units``:
-    ``all``, ``first:K``, ``random:K`` (with ``seed``), ``planted`` (units with known concepts),
-    a list of ids (``[0,5,9]`` or ``"0,5,9"``) or ``file:PATH`` (one id per line)."""
-
-    layer: str = "final"
-    units: Any = "all"
-    seed: int = 0
 
 
 @dataclass
@@ -65,40 +56,14 @@ class RunSpec:
     overrides: list[str] = field(default_factory=list)
 
 
-def registries() -> dict[str, Registry[Any]]:
-    """The component registries that are Hydra config groups, by group name."""
-    from dndbench.describers.base import DESCRIBERS
-    from dndbench.metrics.base import METRICS
-    from dndbench.models.base import MODELS
-    from dndbench.probes.base import PROBES
-
-    return {"model": MODELS, "probe": PROBES, "describer": DESCRIBERS, "metric": METRICS}
-
-
-#: backend kinds -> "module:REGISTRY"; each kind is a config group (``captioner=blip``)
-BACKEND_REGISTRIES = {
-    "captioner": "dndbench.backends.base:CAPTIONERS",
-    "llm": "dndbench.backends.base:LLMS",
-    "text2image": "dndbench.backends.base:TEXT2IMAGE",
-    "vlm": "dndbench.backends.base:VLMS",
-    "embedder": "dndbench.backends.embedder:EMBEDDERS",
-}
+def component_registries() -> dict[str, Registry[Any]]:
+    """The registries of the non-backend kinds (model, probe, describer, metric), by group name."""
+    return registries(tuple(k for k in KINDS if k not in BACKEND_KINDS))
 
 
 def backend_registries() -> dict[str, Registry[Any]]:
     """The backend registries (captioner, llm, text2image, vlm, embedder), by group name."""
-    import importlib
-
-    out = {}
-    for kind, target in BACKEND_REGISTRIES.items():
-        module, attr = target.split(":")
-        out[kind] = getattr(importlib.import_module(module), attr)
-    return out
-
-
-def all_registries() -> dict[str, Registry[Any]]:
-    """Every registry that is a Hydra config group."""
-    return {**registries(), **backend_registries()}
+    return registries(BACKEND_KINDS)
 
 
 def register_configs() -> None:
@@ -107,7 +72,7 @@ def register_configs() -> None:
 
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
-    for group, registry in all_registries().items():
+    for group, registry in registries().items():
         for entry in registry.entries():
             cs.store(group=group, name=entry.name, node=entry.config_class(name=entry.name))
     for group in ("describer", "metric"):
@@ -119,7 +84,7 @@ def _component(group: str, node: Any) -> ComponentConfig:
 
     if not isinstance(node, DictConfig) or "name" not in node:
         raise ConfigError(f"no {group} selected; choose one with {group}=<name>")
-    registry = all_registries()[group]
+    registry = registries()[group]
     name = node["name"]
     cls = registry.entry(name).config_class
     obj = OmegaConf.to_object(node)
@@ -143,7 +108,7 @@ def to_run_spec(cfg: Any, overrides: list[str] | None = None) -> RunSpec:
     describers = (default_describers() if describer_node.get("name") == ALL
                   else [_component("describer", describer_node)])
     metrics = None if metric_node.get("name") == ALL else [_component("metric", metric_node)]
-    components = set(all_registries()) | {"hydra"}
+    components = set(registries()) | {"hydra"}
     options = OmegaConf.to_object(OmegaConf.merge(
         OmegaConf.structured(RunConfig), {k: v for k, v in cfg.items() if k not in components}))
     backends = {kind: _component(kind, cfg[kind]) for kind in backend_registries()

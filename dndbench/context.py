@@ -40,12 +40,14 @@ class Context:
     def backend(self, kind: str) -> Any:
         """The run's backend of ``kind``, created on first use with its call cache."""
         if kind not in self._backend_objects:
-            from dndbench.backends.base import create_backend
+            from dndbench.backends.call_cache import services
             from dndbench.errors import ConfigError
+            from dndbench.registry import registry_for
 
             if kind not in self.backends:
                 raise ConfigError(f"no {kind} configured; choose one with {kind}=<name>")
-            self._backend_objects[kind] = create_backend(kind, self.backends[kind], self.cache)
+            self._backend_objects[kind] = registry_for(kind).create(
+                self.backends[kind], services=services(self.cache))
         return self._backend_objects[kind]
 
     @cached_property

@@ -6,11 +6,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dndbench.cache import stable_hash
-from dndbench.config import NeuronsConfig
 from dndbench.errors import ConfigError
 
 if TYPE_CHECKING:
     from dndbench.models.base import TargetModel
+
+
+@dataclass
+class NeuronsConfig:
+    """Which units to describe: ``layer`` (a module name or ``final``) and ``units``:
+    ``all``, ``first:K``, ``random:K`` (with ``seed``), ``planted`` (units with known concepts),
+    a list of ids (``[0,5,9]`` or ``"0,5,9"``) or ``file:PATH`` (one id per line)."""
+
+    layer: str = "final"
+    units: Any = "all"
+    seed: int = 0
 
 
 @dataclass(frozen=True)

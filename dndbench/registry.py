@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
+from dndbench.catalog import KINDS
 from dndbench.errors import ConfigError, UnknownComponentError
 
 
@@ -70,9 +71,8 @@ class Registry(Generic[T]):
     group and, pluralised, the entry-point group (``dndbench.describers``).
     """
 
-    def __init__(self, kind: str, builtin_modules: tuple[str, ...] = ()) -> None:
+    def __init__(self, kind: str) -> None:
         self.kind = kind
-        self._builtin_modules = builtin_modules
         self._entries: dict[str, Entry[T]] = {}
         self._loaded = False
 
@@ -102,7 +102,8 @@ class Registry(Generic[T]):
         if self._loaded:
             return
         self._loaded = True
-        for module in self._builtin_modules:
+        kind = KINDS.get(self.kind)
+        for module in kind.builtins if kind else ():
             importlib.import_module(module)
         for ep in metadata.entry_points(group=f"dndbench.{self.kind}s"):
             dist = ep.dist.name if ep.dist else "?"
@@ -146,12 +147,30 @@ class Registry(Generic[T]):
                               f"options are {sorted(known - {'name'})}")
         return cls(**{**overrides, "name": name})
 
-    def create(self, config: ComponentConfig | str, **overrides: Any) -> T:
-        """Instantiate a component from its typed config (or from a name plus overrides)."""
+    def create(self, config: ComponentConfig | str, *, services: dict[str, Any] | None = None,
+               **overrides: Any) -> T:
+        """The one factory: instantiate a component from its typed config (or from a name plus
+        option ``overrides``).  ``services`` are extra constructor arguments that are not
+        options, e.g. a backend's call cache (see :func:`dndbench.backends.call_cache.services`)."""
         if isinstance(config, str):
             config = self.config(config, **overrides)
         cls = self.get(config.name)
         if not isinstance(config, cls.Config):  # type: ignore[attr-defined]
             raise ConfigError(f"{self.kind} {config.name!r} expects a {cls.Config.__name__}, "  # type: ignore[attr-defined]
                               f"got {type(config).__name__}")
-        return cls(config)  # type: ignore[call-arg]
+        return cls(config, **(services or {}))  # type: ignore[call-arg]
+
+
+def registry_for(kind: str) -> Registry[Any]:
+    """The registry of a component kind (``describer``, ``captioner``, ...), from the catalog."""
+    if kind not in KINDS:
+        raise UnknownComponentError("component kind", kind, sorted(KINDS),
+                                    difflib.get_close_matches(kind, sorted(KINDS), n=3))
+    module, attr = KINDS[kind].registry.split(":")
+    registry: Registry[Any] = getattr(importlib.import_module(module), attr)
+    return registry
+
+
+def registries(kinds: tuple[str, ...] | None = None) -> dict[str, Registry[Any]]:
+    """The registries of ``kinds`` (default: every kind), by kind, in catalog order."""
+    return {kind: registry_for(kind) for kind in (kinds or tuple(KINDS))}

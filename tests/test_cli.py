@@ -10,7 +10,8 @@ import pytest
 from hydra import compose, initialize_config_module
 
 from dndbench.cli import main, one_line, precheck, setup
-from dndbench.config import ALL, registries, to_run_spec
+from dndbench.config import ALL, to_run_spec
+from dndbench.registry import registries
 from dndbench.errors import ConfigError, UnknownComponentError
 
 REPO = Path(__file__).resolve().parents[1]

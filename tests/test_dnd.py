@@ -15,8 +15,8 @@ from dndbench.backends.base import (CAPTIONERS, LLMS, TEXT2IMAGE, VLMS, BackendC
                                     LLM, TextToImage, VisionLanguageModel, png_bytes)
 from dndbench.describers.base import DESCRIBERS
 from dndbench.describers.caption_word import most_frequent_word
-from dndbench.dnd import candidates as cand
-from dndbench.dnd import cropping, selection
+from dndbench.describers.dnd import candidates as cand
+from dndbench.describers.dnd import cropping, selection
 from dndbench.errors import ConfigError
 from dndbench.testing.kit import TINY_COLOURS, check_describer, tiny_context
 

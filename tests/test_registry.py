@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from dndbench.config import registries
+from dndbench.registry import registries
 from dndbench.errors import ConfigError, UnknownComponentError
 from dndbench.registry import ComponentConfig, Registry, registration_origin
 

@@ -12,7 +12,7 @@ from dndbench.backends.call_cache import CallCache
 from dndbench.cache import Cache
 from dndbench.toyworld.captions import (TEMPLATES, UNK, caption, canonical_caption, mentioned,
                                         random_caption, tokenize, vocabulary)
-from dndbench.toyworld.concepts import CATEGORIES, concepts_from_text, sample_scene
+from dndbench.toyworld.world import CATEGORIES, concepts_from_text, sample_scene
 from dndbench.toyworld.render import render_image
 
 TINY = dict(train_images=256, epochs=1)
@@ -50,7 +50,7 @@ def test_caption_examples_and_unknown_words():
 
 # -- renderer --------------------------------------------------------------------------------
 def test_renderer_shows_prompted_concepts_and_is_deterministic(tmp_path):
-    from dndbench.toyworld.backends import prompt_spec
+    from dndbench.toyworld.toy_backends import prompt_spec
 
     t2i = _backend(TEXT2IMAGE, "toy", tmp_path)
     prompt = "One realistic image of a red striped star on brick wall"
@@ -70,7 +70,7 @@ def test_renderer_shows_prompted_concepts_and_is_deterministic(tmp_path):
 
 
 def test_renderer_ignores_unknown_words(tmp_path):
-    from dndbench.toyworld.backends import prompt_spec
+    from dndbench.toyworld.toy_backends import prompt_spec
 
     assert prompt_spec("a fluffy dog near blue water", 0, 0).concept_names()["colour"] == "blue"
     assert prompt_spec("a fluffy dog near blue water", 0, 0).scene == "water"
@@ -134,7 +134,7 @@ def test_keyword_llm_simplifies_one_caption_and_is_robust(tmp_path):
 def test_backends_are_registered_with_light_imports():
     assert "toy" in CAPTIONERS.names() and "toy" in VLMS.names() and "toy" in TEXT2IMAGE.names()
     assert "keyword" in LLMS.names()
-    code = ("import sys, dndbench.toyworld.backends, dndbench.backends.keyword_llm; "
+    code = ("import sys, dndbench.toyworld.toy_backends, dndbench.toyworld.keyword_summariser; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
@@ -145,7 +145,7 @@ def test_backends_are_registered_with_light_imports():
 def test_training_beats_chance_and_is_deterministic(tmp_path):
     import torch
 
-    from dndbench.toyworld.train_backends import BackendTrainConfig, train
+    from dndbench.toyworld.train_toy_backends import BackendTrainConfig, train
 
     config = BackendTrainConfig(train_images=768, test_images=200, epochs=3, batch_size=32,
                                 widths=(16, 24, 32, 48))

@@ -10,7 +10,7 @@ import pytest
 
 from dndbench.cache import Cache
 from dndbench.probes.base import PROBES, Annotation
-from dndbench.toyworld.concepts import (CATEGORIES, COLOURS, SCENES, SHAPES, TEXTURES, SceneSpec,
+from dndbench.toyworld.world import (CATEGORIES, COLOURS, SCENES, SHAPES, TEXTURES, SceneSpec,
                                         all_concepts, concept_id, concepts_from_text,
                                         sample_scene, spec_from_text, with_main)
 from dndbench.toyworld.render import annotate, concept_mask, generate, render, toy_image
@@ -118,7 +118,7 @@ def test_probe_plugin(tmp_path):
 
 
 def test_probe_module_does_not_import_torch():
-    code = ("import sys, dndbench.probes.toyworld, dndbench.models.toynet; "
+    code = ("import sys, dndbench.toyworld.probe_set, dndbench.toyworld.target_model; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
@@ -159,7 +159,7 @@ def test_training_is_deterministic_and_cached(tmp_path):
     import torch
 
     from dndbench.models.base import MODELS
-    from dndbench.toyworld.train import TrainConfig, train
+    from dndbench.toyworld.train_toynet import TrainConfig, train
 
     config = TrainConfig(train_images=96, test_images=32, epochs=1, batch_size=32)
     meta_a = train(config, tmp_path / "a", progress=False, workers=1)

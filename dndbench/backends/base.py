@@ -186,20 +186,7 @@ class VisionLanguageModel(Backend):
     def _encode_texts(self, texts: list[str]) -> "np.ndarray": ...
 
 
-def create_backend(kind: str, config: ComponentConfig, cache: Cache) -> Any:
-    """Instantiate the backend of ``kind`` named by ``config``, caching under ``cache.root``."""
-    from dndbench.config import backend_registries
-
-    registry = backend_registries()[kind]
-    cls = registry.get(config.name)
-    return cls(config, call_cache=CallCache.for_cache(cache), cache_dir=cache.root)
-
-
-CAPTIONERS: Registry[Captioner] = Registry("captioner", builtin_modules=(
-    "dndbench.backends.blip", "dndbench.toyworld.backends"))
-LLMS: Registry[LLM] = Registry("llm", builtin_modules=(
-    "dndbench.backends.openai_llm", "dndbench.backends.hf_llm", "dndbench.backends.keyword_llm"))
-TEXT2IMAGE: Registry[TextToImage] = Registry("text2image", builtin_modules=(
-    "dndbench.backends.diffusers_t2i", "dndbench.toyworld.backends"))
-VLMS: Registry[VisionLanguageModel] = Registry("vlm", builtin_modules=(
-    "dndbench.backends.clip_vlm", "dndbench.toyworld.backends"))
+CAPTIONERS: Registry[Captioner] = Registry("captioner")
+LLMS: Registry[LLM] = Registry("llm")
+TEXT2IMAGE: Registry[TextToImage] = Registry("text2image")
+VLMS: Registry[VisionLanguageModel] = Registry("vlm")

@@ -116,3 +116,10 @@ class CallCache:
         """Number of stored entries."""
         with closing(self._connect()) as con:
             return int(con.execute("SELECT COUNT(*) FROM calls").fetchone()[0])
+
+
+def services(cache: Cache) -> dict[str, Any]:
+    """The constructor arguments every backend gets besides its config: the persistent call
+    cache and the folder for model files, both under ``cache.root``.  Pass them to
+    :meth:`dndbench.registry.Registry.create` as ``services=``."""
+    return {"call_cache": CallCache.for_cache(cache), "cache_dir": cache.root}

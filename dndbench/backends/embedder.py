@@ -170,14 +170,6 @@ def hub_reachable(timeout_s: float = 3.0) -> bool:
 EMBEDDERS: Registry[Embedder] = Registry("embedder")
 
 
-def create_embedder(name: str, cache: Cache | None = None, **overrides: Any) -> Embedder:
-    """An embedder by registry name whose call cache and model files live under ``cache.root``."""
-    config = EMBEDDERS.config(name, **overrides)
-    cls = EMBEDDERS.get(name)
-    cache = cache or Cache()
-    return cls(config, call_cache=CallCache.for_cache(cache), cache_dir=cache.root)  # type: ignore[call-arg]
-
-
 # -- sentence-transformers models -------------------------------------------------------------
 class SentenceTransformerEmbedder(Embedder):
     """Base of embedders that load with ``sentence_transformers.SentenceTransformer``."""

@@ -66,11 +66,4 @@ class Describer(ABC):
         return tuple(parts)
 
 
-DESCRIBERS: Registry[Describer] = Registry("describer", builtin_modules=(
-    "dndbench.describers.netdissect",
-    "dndbench.describers.clip_dissect",
-    "dndbench.describers.published",
-    "dndbench.describers.milan",
-    "dndbench.describers.dnd",
-    "dndbench.describers.caption_word",
-))
+DESCRIBERS: Registry[Describer] = Registry("describer")

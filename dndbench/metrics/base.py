@@ -41,6 +41,4 @@ class Metric(ABC):
         """Per-unit scores: columns ``unit``, ``metric``, ``value``."""
 
 
-METRICS: Registry[Metric] = Registry("metric", builtin_modules=(
-    "dndbench.metrics.final_layer_similarity",
-))
+METRICS: Registry[Metric] = Registry("metric")

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dndbench.backends.embedder import EMBEDDERS, Embedder, create_embedder
+from dndbench.backends.call_cache import services
+from dndbench.backends.embedder import EMBEDDERS, Embedder
 from dndbench.errors import ConfigError
 from dndbench.metrics.base import METRICS, Metric, MetricConfig
 
@@ -87,7 +88,8 @@ class FinalLayerSimilarity(Metric):
             overrides: dict[str, Any] = {"device": ctx.device}
             if self.config.embedder_path:
                 overrides["path"] = self.config.embedder_path
-            self._embedders[key] = create_embedder(self.config.embedder, ctx.cache, **overrides)
+            self._embedders[key] = EMBEDDERS.create(self.config.embedder, services=services(ctx.cache),
+                                                     **overrides)
         return self._embedders[key]
 
     def score(self, descriptions: "pd.DataFrame", ctx: "Context") -> "pd.DataFrame":

@@ -96,8 +96,4 @@ class TargetModel(ABC):
         return seen[0]
 
 
-MODELS: Registry[TargetModel] = Registry("model", builtin_modules=(
-    "dndbench.models.toynet",
-    "dndbench.models.torchvision_models",
-    "dndbench.models.places365",
-))
+MODELS: Registry[TargetModel] = Registry("model")

@@ -83,9 +83,4 @@ class ProbeSet(ABC):
         return bool(self.concepts())
 
 
-PROBES: Registry[ProbeSet] = Registry("probe", builtin_modules=(
-    "dndbench.probes.toyworld",
-    "dndbench.probes.imagefolder",
-    "dndbench.probes.broden",
-    "dndbench.probes.union",
-))
+PROBES: Registry[ProbeSet] = Registry("probe")

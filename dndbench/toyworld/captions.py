@@ -1,12 +1,12 @@
 """The toy world's caption language and the word vocabulary of its text models.
 
-Captions are generated deterministically from a :class:`~dndbench.toyworld.concepts.SceneSpec`
+Captions are generated deterministically from a :class:`~dndbench.toyworld.world.SceneSpec`
 with a handful of templates, e.g. ``"a red striped star on grass"`` (the canonical template,
 the one the toy captioner produces) or ``"grass with an orange dotted heart"``; a distractor
 object, when the spec has one, is mentioned as ``"... and a small blue circle"``.  The
 vocabulary is the toy concept names plus the few function words below; every caption names
 its main object's concepts before the distractor's, so
-:func:`~dndbench.toyworld.concepts.concepts_from_text` reads back the main object's concepts.
+:func:`~dndbench.toyworld.world.concepts_from_text` reads back the main object's concepts.
 
 :func:`tokenize` maps text to vocabulary ids; any word outside the vocabulary becomes the
 ``<unk>`` token (so "a dog on grass" is "a <unk> on grass").
@@ -17,7 +17,7 @@ import re
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from dndbench.toyworld.concepts import CATEGORIES, SceneSpec
+from dndbench.toyworld.world import CATEGORIES, SceneSpec
 
 if TYPE_CHECKING:
     import numpy as np

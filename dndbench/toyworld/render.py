@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from dndbench.probes.base import Annotation
-from dndbench.toyworld.concepts import (PIXEL_CATEGORIES, ObjectSpec, SceneSpec, concept_id,
+from dndbench.toyworld.world import (PIXEL_CATEGORIES, ObjectSpec, SceneSpec, concept_id,
                                         sample_scene)
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from dndbench.toyworld.train import TrainConfig
+    from dndbench.toyworld.train_toynet import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +39,13 @@ class ToyNetModel(TargetModel):
 
     def train_config(self) -> "TrainConfig":
         """The full training config these options select."""
-        from dndbench.toyworld.train import TrainConfig
+        from dndbench.toyworld.train_toynet import TrainConfig
 
         c = self.config
         return TrainConfig(seed=c.seed, train_images=c.train_images, epochs=c.epochs)  # type: ignore[attr-defined]
 
     def weights_fingerprint(self) -> str:
-        from dndbench.toyworld.train import training_key
+        from dndbench.toyworld.train_toynet import training_key
 
         return training_key(self.train_config())
 
@@ -60,7 +60,7 @@ class ToyNetModel(TargetModel):
             return folder
         with self.cache.lock(folder):
             if not (folder / "meta.json").exists():
-                from dndbench.toyworld.train import train
+                from dndbench.toyworld.train_toynet import train
 
                 log.warning("training toynet (first use, about 1.5 minutes on CPU) into %s", folder)
                 train(self.train_config(), folder)
@@ -77,8 +77,8 @@ class ToyNetModel(TargetModel):
     def build(self, pretrained: bool) -> "torch.nn.Module":
         import torch
 
-        from dndbench.toyworld.concepts import SHAPES
-        from dndbench.toyworld.toynet import ToyNet
+        from dndbench.toyworld.world import SHAPES
+        from dndbench.toyworld.network import ToyNet
 
         cfg = self.train_config()
         net = ToyNet(len(SHAPES), tuple(cfg.widths), cfg.blocks)
@@ -94,7 +94,7 @@ class ToyNetModel(TargetModel):
     def transform(self) -> Callable[["Image.Image"], "torch.Tensor"]:
         from torchvision import transforms
 
-        from dndbench.toyworld.toynet import MEAN, STD
+        from dndbench.toyworld.network import MEAN, STD
 
         return transforms.Compose([
             transforms.Resize((self.input_size, self.input_size)),
@@ -103,7 +103,7 @@ class ToyNetModel(TargetModel):
         ])
 
     def class_names(self) -> list[str]:
-        from dndbench.toyworld.concepts import SHAPES
+        from dndbench.toyworld.world import SHAPES
 
         return list(SHAPES)
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from dndbench.milan.model import Decoder, LanguageModel, sequence_logp
-from dndbench.milan.text import Vocab
+from dndbench.describers.milan.model import Decoder, LanguageModel, sequence_logp
+from dndbench.describers.milan.text import Vocab
 
 STRATEGIES = ("greedy", "beam", "rerank")
 

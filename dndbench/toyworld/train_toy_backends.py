@@ -1,6 +1,6 @@
 """Train the toy CLIP and the toy captioner (one :class:`ToyDual` network) on generated images.
 
-``python -m dndbench.toyworld.train_backends [--seed 0] [--out DIR]`` trains deterministically
+``python -m dndbench.toyworld.train_toy_backends [--seed 0] [--out DIR]`` trains deterministically
 (same machine and seed => same weights), reports held-out caption accuracy (exact match and per
 slot) and image->text retrieval top-1 (among the held-out captions, and among each category's
 bare concept words), and writes ``weights.pt`` then ``meta.json`` atomically into
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from dndbench.cache import atomic_path, default_cache_dir, stable_hash
-from dndbench.toyworld.concepts import CATEGORIES, GENERATOR_VERSION, SceneSpec
+from dndbench.toyworld.world import CATEGORIES, GENERATOR_VERSION, SceneSpec
 
 #: bump whenever a change of the network, the captions or training alters the trained weights
 BACKENDS_VERSION = "toy-backends-v1"
@@ -63,7 +63,7 @@ def out_dir(config: BackendTrainConfig, cache_root: Path | str | None = None) ->
 # -- data ------------------------------------------------------------------------------------
 def slot_labels(specs: list[SceneSpec]) -> dict[str, np.ndarray]:
     """Class index of every caption slot per spec (-1: no distractor, nothing to predict)."""
-    from dndbench.toyworld.backend_model import SLOTS
+    from dndbench.toyworld.backend_network import SLOTS
 
     def index(slot: str, spec: SceneSpec) -> int:
         main = spec.concept_names()
@@ -135,7 +135,7 @@ def _train_network(config: BackendTrainConfig, images: np.ndarray, specs: list[S
     import torch
     from tqdm.auto import tqdm
 
-    from dndbench.toyworld.backend_model import ToyDual, normalise, text_batch
+    from dndbench.toyworld.backend_network import ToyDual, normalise, text_batch
 
     torch.manual_seed(config.seed)
     model = ToyDual(tuple(config.widths), config.dim)  # type: ignore[arg-type]
@@ -175,7 +175,7 @@ def _train_network(config: BackendTrainConfig, images: np.ndarray, specs: list[S
 def _encode_all(model: Any, images: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     import torch
 
-    from dndbench.toyworld.backend_model import normalise
+    from dndbench.toyworld.backend_network import normalise
 
     embs, preds = [], []
     with torch.no_grad():
@@ -190,7 +190,7 @@ def encode_texts(model: Any, texts: list[str], device: str = "cpu") -> np.ndarra
     """L2-normalised embeddings of ``texts`` under ``model``."""
     import torch
 
-    from dndbench.toyworld.backend_model import text_batch
+    from dndbench.toyworld.backend_network import text_batch
     from dndbench.toyworld.captions import tokenize
 
     with torch.no_grad():
@@ -200,7 +200,7 @@ def encode_texts(model: Any, texts: list[str], device: str = "cpu") -> np.ndarra
 
 def predicted_captions(preds: dict[str, np.ndarray]) -> list[str]:
     """Canonical captions of per-slot predicted class indices."""
-    from dndbench.toyworld.backend_model import SLOTS, slots_to_caption
+    from dndbench.toyworld.backend_network import SLOTS, slots_to_caption
 
     count = len(next(iter(preds.values())))
     return [slots_to_caption({s: SLOTS[s][int(preds[s][i])] for s in SLOTS}) for i in range(count)]
@@ -230,7 +230,7 @@ def evaluate(model: Any, images: np.ndarray, specs: list[SceneSpec]) -> dict[str
 
 # -- the whole job ---------------------------------------------------------------------------
 def _data(stream: int, count: int, workers: int) -> tuple[np.ndarray, list[SceneSpec]]:
-    from dndbench.toyworld.train import make_data
+    from dndbench.toyworld.train_toynet import make_data
 
     data = make_data(stream, count, [], workers)
     return data.images, data.specs
@@ -291,10 +291,10 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m dndbench.toyworld.train_backends``: train, report, save."""
+    """``python -m dndbench.toyworld.train_toy_backends``: train, report, save."""
     from dndbench.toyworld.training_cli import run_training_command
 
-    return run_training_command(argv, prog="python -m dndbench.toyworld.train_backends",
+    return run_training_command(argv, prog="python -m dndbench.toyworld.train_toy_backends",
                                 description="Train the toy CLIP and toy captioner.", config_class=BackendTrainConfig,
                                 default_out=out_dir, train=train, format_report=format_report)
 

@@ -21,8 +21,8 @@ from typing import Any, Mapping
 import torch
 
 from dndbench.errors import DataError
-from dndbench.milan.model import RESNET_LAYERS, EncoderSpec, Milan, Sizes
-from dndbench.milan.text import Vocab
+from dndbench.describers.milan.model import RESNET_LAYERS, EncoderSpec, Milan, Sizes
+from dndbench.describers.milan.text import Vocab
 
 BACKBONE_PREFIX = "encoder.encoder.model."
 LM_PREFIX = "lm."
@@ -115,7 +115,7 @@ def to_released(milan: Milan) -> dict[str, Any]:
 def load_any(path: Path, fmt: str = "auto") -> Milan:
     """A dndbench MILAN file or a released checkpoint (``fmt``: auto, dndbench, released).
     Released files are pickles: load only files from a source you trust."""
-    from dndbench.milan.model import FORMAT
+    from dndbench.describers.milan.model import FORMAT
 
     if not path.is_file():
         raise DataError(f"MILAN checkpoint {path} not found")

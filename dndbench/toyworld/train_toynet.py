@@ -1,6 +1,6 @@
 """Train ToyNet on freshly generated toy-world images, planting known concepts in hidden units.
 
-``python -m dndbench.toyworld.train [--seed 0] [--out DIR]`` trains deterministically (same
+``python -m dndbench.toyworld.train_toynet [--seed 0] [--out DIR]`` trains deterministically (same
 machine and seed => same weights), prints progress, reports test accuracy and the selectivity
 of every planted unit, and writes ``weights.pt`` and ``meta.json`` (atomically; ``meta.json``
 last, so its presence marks a finished training).
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from dndbench.cache import atomic_path, default_cache_dir, stable_hash
-from dndbench.toyworld.concepts import GENERATOR_VERSION, SHAPES, all_concepts
+from dndbench.toyworld.world import GENERATOR_VERSION, SHAPES, all_concepts
 from dndbench.toyworld.render import REFERENCE_SIZE, concept_mask, generate
 
 #: bump whenever a change of the network or of training alters the trained weights
@@ -176,7 +176,7 @@ def _train_network(config: TrainConfig, data: ToyData, progress: bool) -> Any:
     import torch.nn.functional as F
     from tqdm.auto import tqdm
 
-    from dndbench.toyworld.toynet import ToyNet, normalise
+    from dndbench.toyworld.network import ToyNet, normalise
 
     torch.manual_seed(config.seed)
     net = ToyNet(len(SHAPES), tuple(config.widths), config.blocks)
@@ -230,7 +230,7 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
 def _test_outputs(net: Any, data: ToyData, layers: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     import torch
 
-    from dndbench.toyworld.toynet import normalise
+    from dndbench.toyworld.network import normalise
 
     capture = _Capture(net, layers)
     preds, maps = [], {layer: [] for layer in layers}
@@ -342,10 +342,10 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m dndbench.toyworld.train``: train, report, save."""
+    """``python -m dndbench.toyworld.train_toynet``: train, report, save."""
     from dndbench.toyworld.training_cli import run_training_command
 
-    return run_training_command(argv, prog="python -m dndbench.toyworld.train",
+    return run_training_command(argv, prog="python -m dndbench.toyworld.train_toynet",
                                 description="Train ToyNet on generated toy-world images.", config_class=TrainConfig,
                                 default_out=default_out_dir, train=train, format_report=format_report)
 

@@ -47,7 +47,7 @@ def read_concept_file(path: Path | str) -> list[str]:
 
 def toy_concepts() -> list[str]:
     """The toy world's concept names."""
-    from dndbench.toyworld.concepts import all_concepts
+    from dndbench.toyworld.world import all_concepts
 
     return [c.name for c in all_concepts()]
 

@@ -6,7 +6,7 @@ optionally simplified by the LLM, then ``n`` LLM summaries over seeded shuffles 
 normalised into candidate concepts; (3) ``q`` images per candidate from the text-to-image
 backend, ranked by the unit's pooled activation, each candidate scored (``scoring``) and the best
 three kept: label 1 is the description.  Steps run batched over all units of a layer
-(:mod:`dndbench.dnd.batching`): shared images, prompts and concepts are computed once and
+(:mod:`dndbench.describers.dnd.batching`): shared images, prompts and concepts are computed once and
 results equal those of one-unit-at-a-time runs.
 
 Paper vs released code (METHODS.md §1.8), both available; defaults:
@@ -71,7 +71,7 @@ class DnDDescriber(Describer):
         check_config(config)
 
     def describe(self, ctx: "Context") -> list[Description]:
-        from dndbench.dnd.batching import describe_units
+        from dndbench.describers.dnd.batching import describe_units
 
         units = list(ctx.units)
         step = self.config.units_per_batch or max(1, len(units))
@@ -83,8 +83,8 @@ class DnDDescriber(Describer):
 
 def check_config(c: DnDDescriber.Config) -> None:
     """Raise ConfigError for options out of range."""
-    from dndbench.dnd.cropping import HEATMAP_MODES
-    from dndbench.dnd.selection import SCORINGS
+    from dndbench.describers.dnd.cropping import HEATMAP_MODES
+    from dndbench.describers.dnd.selection import SCORINGS
 
     problems = [f"{name} must be >= 1 (got {getattr(c, name)})"
                 for name in ("k", "n", "q", "beta", "top_window", "crop_size",

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 import numpy as np
 
 from dndbench.cache import stable_hash
-from dndbench.dnd import candidates as cand
-from dndbench.dnd import cropping, selection
+from dndbench.describers.dnd import candidates as cand
+from dndbench.describers.dnd import cropping, selection
 
 if TYPE_CHECKING:
     from PIL import Image

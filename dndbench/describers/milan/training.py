@@ -1,6 +1,6 @@
 """Train MILAN (captioner + language model) on an annotation set, with a held-out split.
 
-``python -m dndbench.milan.train`` (toy world, the default) annotates every unit of
+``python -m dndbench.describers.milan.training`` (toy world, the default) annotates every unit of
 ``layer2``-``fc`` of a toy network trained with another seed (``--annotation-seed``, default 1)
 and trains the toy MILAN into the cache folder the ``milan`` describer reads, so a later
 ``python -m dndbench describer=milan`` loads it instead of training on first use.
@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from dndbench.cache import Cache, atomic_path, stable_hash
-from dndbench.models.toynet import ToyNetModel
+from dndbench.toyworld.target_model import ToyNetModel
 
 if TYPE_CHECKING:
     import torch
 
-    from dndbench.milan.annotations import AnnotatedUnit
-    from dndbench.milan.model import EncoderSpec, Milan, Sizes
+    from dndbench.describers.milan.annotations import AnnotatedUnit
+    from dndbench.describers.milan.model import EncoderSpec, Milan, Sizes
 
 log = logging.getLogger(__name__)
 #: bump whenever a change of the code alters the trained toy MILAN
@@ -54,7 +54,7 @@ class FitConfig:
     max_length: int = 15
 
 
-#: the toy MILAN's network sizes: the paper's (:class:`~dndbench.milan.model.Sizes`) scaled
+#: the toy MILAN's network sizes: the paper's (:class:`~dndbench.describers.milan.model.Sizes`) scaled
 #: down so that training on CPU fits the default job's time budget; the real track keeps the
 #: paper's sizes
 TOY_SIZES: dict[str, Any] = {"embedding_size": 64, "hidden_size": 128, "lm_embedding_size": 64,
@@ -83,8 +83,8 @@ class ToyMilanConfig:
 
 
 def toy_key(config: ToyMilanConfig) -> str:
-    from dndbench.toyworld.concepts import GENERATOR_VERSION
-    from dndbench.toyworld.train import TOYNET_VERSION
+    from dndbench.toyworld.world import GENERATOR_VERSION
+    from dndbench.toyworld.train_toynet import TOYNET_VERSION
 
     return stable_hash("milan-toy", TOY_MILAN_VERSION, TOYNET_VERSION, GENERATOR_VERSION,
                        asdict(config))
@@ -195,7 +195,7 @@ def held_out_loss(milan: "Milan", feats: "torch.Tensor", units: Sequence["Annota
 # -- evaluation ------------------------------------------------------------------------------------
 def bleu1(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
     """Corpus BLEU-1: clipped unigram precision times the brevity penalty."""
-    from dndbench.milan.text import tokenize
+    from dndbench.describers.milan.text import tokenize
 
     matched = total = pred_len = ref_len = 0
     for pred, refs in zip(predictions, references):
@@ -218,8 +218,8 @@ def evaluate(milan: "Milan", feats: "torch.Tensor", units: Sequence["AnnotatedUn
              rows: Sequence[int], strategy: str = "rerank", beam_size: int = 50,
              temperature: float = 0.2) -> dict[str, Any]:
     """Caption quality of the units ``rows``: exact match, BLEU-1, concept accuracy (toy)."""
-    from dndbench.milan.annotations import concept_in_text
-    from dndbench.milan.decoding import decode
+    from dndbench.describers.milan.annotations import concept_in_text
+    from dndbench.describers.milan.decoding import decode
 
     if not rows:
         return {}
@@ -247,8 +247,8 @@ def train_on_units(units: Sequence["AnnotatedUnit"], spec: "EncoderSpec", backbo
     the report is in ``milan.meta``."""
     import torch
 
-    from dndbench.milan.model import Milan
-    from dndbench.milan.text import Vocab
+    from dndbench.describers.milan.model import Milan
+    from dndbench.describers.milan.text import Vocab
 
     started = time.perf_counter()
     was = torch.are_deterministic_algorithms_enabled()
@@ -281,7 +281,7 @@ def _fresh_state(milan: "Milan") -> dict[str, Any]:
 
 
 def toy_sizes(config: ToyMilanConfig) -> "Sizes":
-    from dndbench.milan.model import Sizes
+    from dndbench.describers.milan.model import Sizes
 
     return Sizes(**config.sizes)
 
@@ -298,8 +298,8 @@ def annotation_model(config: ToyMilanConfig, cache: Cache) -> Any:
 def toy_encoder(config: ToyMilanConfig, cache: Cache) -> tuple["EncoderSpec", Any]:
     """The frozen exemplar encoder of the toy MILAN: the annotation ToyNet (a classifier of the
     toy world, in the role ImageNet ResNet-101 plays for real networks)."""
-    from dndbench.milan.model import EncoderSpec
-    from dndbench.toyworld.toynet import MEAN, STD
+    from dndbench.describers.milan.model import EncoderSpec
+    from dndbench.toyworld.network import MEAN, STD
 
     model = annotation_model(config, cache)
     cfg = model.train_config()
@@ -313,9 +313,9 @@ def toy_annotation_set(config: ToyMilanConfig, cache: Cache,
                        progress: bool = False) -> list["AnnotatedUnit"]:
     """Annotated units of every configured layer of the annotation network."""
     from dndbench.context import Context
-    from dndbench.milan.annotations import toy_annotations
-    from dndbench.milan.exemplars import compute_exemplars
-    from dndbench.probes.toyworld import ToyWorldProbe
+    from dndbench.describers.milan.annotations import toy_annotations
+    from dndbench.describers.milan.exemplars import compute_exemplars
+    from dndbench.toyworld.probe_set import ToyWorldProbe
 
     model = annotation_model(config, cache)
     probe = ToyWorldProbe(ToyWorldProbe.Config(name="toyworld", seed=config.probe_seed,
@@ -383,7 +383,7 @@ def format_report(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     from dndbench.cache import default_cache_dir
 
-    parser = argparse.ArgumentParser(prog="python -m dndbench.milan.train",
+    parser = argparse.ArgumentParser(prog="python -m dndbench.describers.milan.training",
                                      description="Train MILAN on an annotation set.")
     parser.add_argument("--source", choices=("toy", "milannotations"), default="toy")
     parser.add_argument("--root", type=Path, help="MILANNOTATIONS folder (--source milannotations)")
@@ -417,8 +417,8 @@ def main(argv: list[str] | None = None) -> int:
 def train_milannotations(root: Path, arch: str = "resnet101", weights: str | None = "IMAGENET1K_V1",
                          config: FitConfig | None = None, sizes: "Sizes | None" = None) -> "Milan":
     """MILAN trained on a MILANNOTATIONS folder with a torchvision ResNet pyramid encoder."""
-    from dndbench.milan.annotations import load_milannotations
-    from dndbench.milan.model import EncoderSpec, Sizes, build_backbone
+    from dndbench.describers.milan.annotations import load_milannotations
+    from dndbench.describers.milan.model import EncoderSpec, Sizes, build_backbone
 
     units = load_milannotations(root)
     spec = EncoderSpec(arch=arch)

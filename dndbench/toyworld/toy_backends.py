@@ -13,9 +13,9 @@
   and draws the rest of the scene at random; unknown words are ignored and a prompt that names
   no concept gets fully random scenes (so "One realistic image of {c}" works for any c).
 
-Captioner and CLIP share one network (:mod:`dndbench.toyworld.backend_model`), trained on first
+Captioner and CLIP share one network (:mod:`dndbench.toyworld.backend_network`), trained on first
 use into ``<cache>/toy_backends/<key>/`` (about half a minute on CPU; or ahead of time with
-``python -m dndbench.toyworld.train_backends``).  This module imports no torch at import time.
+``python -m dndbench.toyworld.train_toy_backends``).  This module imports no torch at import time.
 """
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ if TYPE_CHECKING:
     import numpy as np
     from PIL import Image
 
-    from dndbench.toyworld.concepts import SceneSpec
-    from dndbench.toyworld.train_backends import BackendTrainConfig
+    from dndbench.toyworld.world import SceneSpec
+    from dndbench.toyworld.train_toy_backends import BackendTrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +62,13 @@ class _ToyTrained:
     device: str
 
     def train_config(self) -> "BackendTrainConfig":
-        from dndbench.toyworld.train_backends import BackendTrainConfig
+        from dndbench.toyworld.train_toy_backends import BackendTrainConfig
 
         c = self.config
         return BackendTrainConfig(seed=c.seed, train_images=c.train_images, epochs=c.epochs)
 
     def weights_dir(self) -> Path:
-        from dndbench.toyworld.train_backends import out_dir
+        from dndbench.toyworld.train_toy_backends import out_dir
 
         return out_dir(self.train_config(), self.cache_dir)
 
@@ -83,7 +83,7 @@ class _ToyTrained:
             return folder
         with Cache(self.cache_dir).lock(folder):
             if not (folder / "meta.json").exists():
-                from dndbench.toyworld.train_backends import train
+                from dndbench.toyworld.train_toy_backends import train
 
                 log.warning("training the toy captioner + CLIP (first use, about half a minute "
                             "on CPU) into %s", folder)
@@ -102,7 +102,7 @@ class _ToyTrained:
 def _load(folder: Path, device: str) -> Any:
     import torch
 
-    from dndbench.toyworld.backend_model import ToyDual
+    from dndbench.toyworld.backend_network import ToyDual
 
     try:
         config = json.loads((folder / "meta.json").read_text())["config"]
@@ -124,8 +124,8 @@ class ToyCaptioner(_ToyTrained, Captioner):
     def _caption_batch(self, images: list["Image.Image"]) -> list[str]:
         import torch
 
-        from dndbench.toyworld.backend_model import image_batch
-        from dndbench.toyworld.train_backends import predicted_captions
+        from dndbench.toyworld.backend_network import image_batch
+        from dndbench.toyworld.train_toy_backends import predicted_captions
 
         model = self.model()
         with torch.no_grad():
@@ -142,7 +142,7 @@ class ToyCLIP(_ToyTrained, VisionLanguageModel):
     def _encode_images(self, images: list["Image.Image"]) -> "np.ndarray":
         import torch
 
-        from dndbench.toyworld.backend_model import image_batch
+        from dndbench.toyworld.backend_network import image_batch
 
         model = self.model()
         with torch.no_grad():
@@ -150,7 +150,7 @@ class ToyCLIP(_ToyTrained, VisionLanguageModel):
         return emb.cpu().numpy()
 
     def _encode_texts(self, texts: list[str]) -> "np.ndarray":
-        from dndbench.toyworld.train_backends import encode_texts
+        from dndbench.toyworld.train_toy_backends import encode_texts
 
         return encode_texts(self.model(), texts, self.device)
 
@@ -167,7 +167,7 @@ class ToyRenderer(TextToImage):
 
     @property
     def model_id(self) -> str:
-        from dndbench.toyworld.concepts import GENERATOR_VERSION
+        from dndbench.toyworld.world import GENERATOR_VERSION
 
         return f"toyworld-renderer/{GENERATOR_VERSION}"
 
@@ -178,7 +178,7 @@ class ToyRenderer(TextToImage):
 
 def render_prompt(prompt: str, seed: int, index: int, size: int = 64) -> "Image.Image":
     """Image ``index`` for ``prompt`` under ``seed``: a random scene showing the prompt's toy
-    concepts (see :func:`~dndbench.toyworld.concepts.spec_from_text`)."""
+    concepts (see :func:`~dndbench.toyworld.world.spec_from_text`)."""
     from dndbench.toyworld.render import render_image
 
     return render_image(prompt_spec(prompt, seed, index), size)
@@ -188,7 +188,7 @@ def prompt_spec(prompt: str, seed: int, index: int) -> "SceneSpec":
     """The scene spec of image ``index`` of ``prompt`` under ``seed``; depends on nothing else."""
     import numpy as np
 
-    from dndbench.toyworld.concepts import spec_from_text
+    from dndbench.toyworld.world import spec_from_text
 
     rng = np.random.default_rng(int(stable_hash("toy-text2image", prompt, seed, index), 16))
     return spec_from_text(prompt, rng)

@@ -6,7 +6,7 @@
    input by the backend's call cache, so the probe set is encoded once across runs.
 2. Neuron summaries: pooled (spatial mean by default) activations of **all** units of the layer
    (SoftWPMI's p(t) averages over them); descriptions are returned for ``ctx.units``.
-3. Similarity (:mod:`dndbench.describers.similarity`) and label = the argmax concept; ``score``
+3. Similarity (:mod:`dndbench.describers.clip_dissect.similarity`) and label = the argmax concept; ``score``
    is the maximum similarity, ``alternatives`` the next two concepts.
 
 Parameters left as ``None`` take the chosen similarity function's published default
@@ -21,9 +21,9 @@ import numpy as np
 
 from dndbench.activations import POOLINGS
 from dndbench.cache import stable_hash
-from dndbench.concepts import load_concept_set
+from dndbench.describers.clip_dissect.concept_sets import load_concept_set
 from dndbench.describers.base import DESCRIBERS, Describer, DescriberConfig, Description
-from dndbench.describers.similarity import SIMILARITIES
+from dndbench.describers.clip_dissect.similarity import SIMILARITIES
 from dndbench.errors import ConfigError
 
 if TYPE_CHECKING:

@@ -1,14 +1,14 @@
 """MILAN (Hernandez et al. 2022), implemented from METHODS.md §4.
 
 For every unit: the ``k`` = 15 top-activating probe images with masks keeping the unit's top
-1 % activations (:mod:`dndbench.milan.exemplars`); a frozen pyramid encoder turns each masked
+1 % activations (:mod:`dndbench.describers.milan.exemplars`); a frozen pyramid encoder turns each masked
 exemplar into a feature vector; the attention-LSTM captioner p(d | E) beam-searches (beam 50, at
 most 15 tokens) and the beams are re-ranked by log p(d | E) - λ log p(d) (λ = 0.2) with an LSTM
 language model p(d).
 
-Weights: ``checkpoint`` names a file written by ``python -m dndbench.milan.train``
+Weights: ``checkpoint`` names a file written by ``python -m dndbench.describers.milan.training``
 (``checkpoint_format=dndbench``) or a released MILAN checkpoint such as ``milan-base.pth``
-(``checkpoint_format=released``; :mod:`dndbench.milan.checkpoint`).  Empty, on a toy network,
+(``checkpoint_format=released``; :mod:`dndbench.describers.milan.checkpoint`).  Empty, on a toy network,
 means the toy MILAN: trained on annotations of another toy network (``annotation_seed``) on
 first use, or loaded from the cache if the training command built it.
 """
@@ -22,8 +22,8 @@ from dndbench.errors import ConfigError
 
 if TYPE_CHECKING:
     from dndbench.context import Context
-    from dndbench.milan.model import Milan
-    from dndbench.milan.train import ToyMilanConfig
+    from dndbench.describers.milan.model import Milan
+    from dndbench.describers.milan.training import ToyMilanConfig
 
 STRATEGIES = ("greedy", "beam", "rerank")
 SIZE_PRESETS = ("toy", "paper")
@@ -41,7 +41,7 @@ class MilanDescriber(Describer):
         toy MILAN) and ``checkpoint_format`` (auto, dndbench, released).  The toy MILAN:
         ``annotation_seed`` (the annotated ``toynet``, standard training, never the described
         network), ``annotation_probe_seed`` / ``annotation_probe_size``, ``sizes`` (``toy``: the
-        smaller CPU preset :data:`~dndbench.milan.train.TOY_SIZES`; ``paper``: embedding 128,
+        smaller CPU preset :data:`~dndbench.describers.milan.training.TOY_SIZES`; ``paper``: embedding 128,
         hidden 512, LM 2 x 512, dropout 0.5), ``epochs``, ``train_seed``, ``hold_out``
         (fraction of units held out for the reported validation; the saved model is the
         validated one)."""
@@ -84,8 +84,8 @@ class MilanDescriber(Describer):
         """The toy MILAN these options select."""
         from dataclasses import asdict
 
-        from dndbench.milan.model import Sizes
-        from dndbench.milan.train import TOY_SIZES, FitConfig, ToyMilanConfig
+        from dndbench.describers.milan.model import Sizes
+        from dndbench.describers.milan.training import TOY_SIZES, FitConfig, ToyMilanConfig
 
         c = self.config
         sizes = dict(TOY_SIZES) if c.sizes == "toy" else asdict(Sizes())
@@ -110,7 +110,7 @@ class MilanDescriber(Describer):
                 raise ConfigError(f"milan: checkpoint {path} not found")
             st = path.stat()
             return stable_hash("milan-file", str(path.resolve()), st.st_size, st.st_mtime_ns)
-        from dndbench.milan.train import toy_key
+        from dndbench.describers.milan.training import toy_key
 
         self._check_toy(ctx)
         return toy_key(self.toy_config())
@@ -130,13 +130,13 @@ class MilanDescriber(Describer):
             from pathlib import Path
 
             if self.config.checkpoint:
-                from dndbench.milan.checkpoint import load_any
+                from dndbench.describers.milan.checkpoint import load_any
 
                 self._model = load_any(Path(self.config.checkpoint).expanduser(),
                                        self.config.checkpoint_format)
             else:
-                from dndbench.milan.model import Milan
-                from dndbench.milan.train import ensure_toy_milan
+                from dndbench.describers.milan.model import Milan
+                from dndbench.describers.milan.training import ensure_toy_milan
 
                 self._check_toy(ctx)
                 self._model = Milan.load(ensure_toy_milan(self.toy_config(), ctx.cache))
@@ -149,8 +149,8 @@ class MilanDescriber(Describer):
     def describe(self, ctx: "Context") -> list[Description]:
         import torch
 
-        from dndbench.milan.decoding import decode
-        from dndbench.milan.exemplars import compute_exemplars
+        from dndbench.describers.milan.decoding import decode
+        from dndbench.describers.milan.exemplars import compute_exemplars
 
         if not ctx.units:
             return []

@@ -82,7 +82,7 @@ def split_descriptions(text: str) -> list[str]:
 
 
 def _toy_phrases() -> list[str]:
-    from dndbench.toyworld.concepts import all_concepts
+    from dndbench.toyworld.world import all_concepts
 
     return [c.name for c in all_concepts() if " " in c.name]
 
@@ -111,7 +111,7 @@ def frequent_terms(term_lists: list[list[str]], max_words: int, min_share: float
 
 def _ordered(terms: list[str]) -> list[str]:
     """Toy concept terms in category order (colour, texture, shape, scene), then the rest."""
-    from dndbench.toyworld.concepts import CATEGORIES
+    from dndbench.toyworld.world import CATEGORIES
 
     rank = {name: i for i, cat in enumerate(_CATEGORY_ORDER) for name in CATEGORIES[cat]}
     return sorted(terms, key=lambda t: rank.get(t, len(_CATEGORY_ORDER)))

@@ -8,7 +8,7 @@
 * a **text tower**: the mean of the word embeddings of the text's tokens (bag of words: word
   order is ignored) followed by an MLP into the shared space.
 
-Both towers are trained together (see :mod:`dndbench.toyworld.train_backends`); sharing the
+Both towers are trained together (see :mod:`dndbench.toyworld.train_toy_backends`); sharing the
 image tower halves the training time the two toy backends cost on first use.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dndbench.toyworld.captions import vocabulary
-from dndbench.toyworld.concepts import COLOURS, SCENES, SHAPES, TEXTURES
+from dndbench.toyworld.world import COLOURS, SCENES, SHAPES, TEXTURES
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -132,7 +132,7 @@ def text_batch(token_lists: list[list[int]]) -> torch.Tensor:
 def slots_to_caption(slots: dict[str, str]) -> str:
     """The canonical caption of predicted slot values (via a spec holding them)."""
     from dndbench.toyworld.captions import canonical_caption
-    from dndbench.toyworld.concepts import ObjectSpec, SceneSpec
+    from dndbench.toyworld.world import ObjectSpec, SceneSpec
 
     objects = [ObjectSpec(slots["shape"], slots["colour"], slots["texture"])]
     if slots["distractor"] == "present":

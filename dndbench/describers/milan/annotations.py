@@ -25,7 +25,7 @@ from dndbench.errors import DataError
 
 if TYPE_CHECKING:
     from dndbench.context import Context
-    from dndbench.milan.exemplars import Exemplars
+    from dndbench.describers.milan.exemplars import Exemplars
 
 
 @dataclass
@@ -105,7 +105,7 @@ def plural(word: str) -> str:
 
 def describe_concept(concept: str, rng: np.random.Generator, n: int = 3) -> list[str]:
     """``n`` distinct human-style descriptions of a toy-world concept."""
-    from dndbench.toyworld.concepts import concept_category
+    from dndbench.toyworld.world import concept_category
 
     templates = _TEMPLATES[concept_category(concept)]
     picks = rng.choice(len(templates), size=min(n, len(templates)), replace=False)
@@ -124,7 +124,7 @@ def read_highlight(annotation: Callable[[int], Any], indices: np.ndarray,
     """The concept the highlighted pixels of a unit's exemplars show most consistently, and its
     score: mean over exemplars of the fraction of highlighted pixels inside the concept (for
     scenes: on the background of an image with that scene)."""
-    from dndbench.toyworld.concepts import all_concepts
+    from dndbench.toyworld.world import all_concepts
 
     names = {c.id: c.name for c in all_concepts()}
     scores: dict[str, float] = defaultdict(float)

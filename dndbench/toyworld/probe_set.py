@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import numpy as np
     from PIL import Image
 
-    from dndbench.toyworld.concepts import SceneSpec
+    from dndbench.toyworld.world import SceneSpec
 
 
 @PROBES.register("toyworld")
@@ -38,7 +38,7 @@ class ToyWorldProbe(ProbeSet):
         if config.size < 1 or config.image_size < 8:
             raise ConfigError(f"probe toyworld needs size >= 1 and image_size >= 8, got "
                               f"size={config.size}, image_size={config.image_size}")
-        from dndbench.toyworld.train import TRAIN_STREAM_BASE
+        from dndbench.toyworld.train_toynet import TRAIN_STREAM_BASE
 
         if config.seed >= TRAIN_STREAM_BASE:
             raise ConfigError(f"probe toyworld seed must be below {TRAIN_STREAM_BASE} "
@@ -71,13 +71,13 @@ class ToyWorldProbe(ProbeSet):
         return self._render(index)[1]
 
     def fingerprint(self) -> str:
-        from dndbench.toyworld.concepts import GENERATOR_VERSION
+        from dndbench.toyworld.world import GENERATOR_VERSION
 
         c = self.config
         return stable_hash("toyworld", GENERATOR_VERSION, c.seed, c.size, c.image_size)
 
     def concepts(self) -> list[Concept]:
-        from dndbench.toyworld.concepts import all_concepts
+        from dndbench.toyworld.world import all_concepts
 
         return list(all_concepts())
 

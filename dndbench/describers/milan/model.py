@@ -2,7 +2,7 @@
 p(d | E) and the LSTM language model p(d), plus :class:`Milan`, the bundle saved to disk.
 
 Module names follow the released MILAN checkpoints (``init_h``, ``attend.query_to_hidden``,
-``feature_gate``, ``lstm``, ``output``, ``lm.lstm`` ...), so :mod:`dndbench.milan.checkpoint`
+``feature_gate``, ``lstm``, ``output``, ``lm.lstm`` ...), so :mod:`dndbench.describers.milan.checkpoint`
 maps their state dicts key for key.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dndbench.milan.text import Vocab
+from dndbench.describers.milan.text import Vocab
 
 FORMAT = "dndbench-milan/1"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -53,7 +53,7 @@ class EncoderSpec:
 def build_backbone(spec: EncoderSpec, weights: str | None = None) -> nn.Module:
     """The backbone network (random weights unless torchvision ``weights`` are named)."""
     if spec.arch == "toynet":
-        from dndbench.toyworld.toynet import ToyNet
+        from dndbench.toyworld.network import ToyNet
 
         o = spec.options
         return ToyNet(int(o.get("num_classes", 12)), tuple(o.get("widths", (16, 32, 64, 128))),
