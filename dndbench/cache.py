@@ -21,7 +21,8 @@ T = TypeVar("T")
 
 def _jsonable(obj: Any) -> Any:
     if is_dataclass(obj) and not isinstance(obj, type):
-        return {"__type__": type(obj).__name__, **asdict(obj)}
+        tag = getattr(type(obj), "cache_tag", type(obj).__name__)  # see ComponentConfig.cache_tag
+        return {"__type__": tag, **asdict(obj)}
     if isinstance(obj, Path):
         return str(obj)
     return repr(obj)

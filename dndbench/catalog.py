@@ -40,9 +40,15 @@ KINDS: dict[str, Kind] = {
         "dndbench.describers.milan",
         "dndbench.describers.dnd",
         "dndbench.describers.caption_word",
+        "dndbench.describers.controls",
     )),
     "metric": Kind("dndbench.metrics.base:METRICS", (
         "dndbench.metrics.final_layer_similarity",
+        "dndbench.metrics.planted_concept",
+        "dndbench.metrics.milannotations",
+        "dndbench.metrics.final_layer_bertscore",
+        "dndbench.metrics.simulation",
+        "dndbench.metrics.cosy",
     )),
     "captioner": Kind("dndbench.backends.base:CAPTIONERS", (
         "dndbench.backends.blip",
@@ -51,7 +57,9 @@ KINDS: dict[str, Kind] = {
     "llm": Kind("dndbench.backends.base:LLMS", (
         "dndbench.backends.openai_llm",
         "dndbench.backends.hf_llm",
+        "dndbench.backends.vllm_llm",
         "dndbench.toyworld.keyword_summariser",
+        "dndbench.toyworld.proposing_summariser",
     ), backend=True),
     "text2image": Kind("dndbench.backends.base:TEXT2IMAGE", (
         "dndbench.backends.diffusers_t2i",

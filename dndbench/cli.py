@@ -1,6 +1,10 @@
 """Command line: ``python -m dndbench [overrides]`` runs a job through Hydra; a few subcommands
-(``list``, ``leaderboard``, ``train-toynet``, ``train-toy-backends``, ``train-milan``,
-``download-broden``) are plain argparse tools.
+(:data:`SUBCOMMANDS`, e.g. ``list``, ``leaderboard``, ``check-plugin``; ``--help`` lists them all)
+are plain argparse tools.
+
+The command line is read with Hydra's own parsers (its argument parser, its override grammar
+and its basic sweeper's expansion of ``-m`` sweeps), every job is validated with
+``hydra.compose`` first, and the job itself runs through ``hydra.main``.
 
 Hydra stops here: the composed config is turned into typed objects by
 :func:`dndbench.config.to_run_spec` and nothing past this module sees a DictConfig.
@@ -8,12 +12,15 @@ Errors caused by the user's input print one line (``error: ...``) and exit with 
 """
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import importlib
 import logging
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from dndbench.errors import ConfigError, DndbenchError
 
@@ -26,97 +33,302 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train-toy-backends": ("dndbench.toyworld.train_toy_backends", "main"),
     "train-milan": ("dndbench.describers.milan.training", "main"),
     "download-broden": ("dndbench.probes.broden_download", "main"),
+    "check-plugin": ("dndbench.testing.check_plugin", "main"),
+    "check-metrics": ("dndbench.metrics.sanity", "main"),
+    "cost": ("dndbench.results.cost", "main"),
 }
-HYDRA_FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
-                          "--experimental-rerun", "--info", "-i", "--package", "-p"}
+#: the primary config of ``hydra.main`` below (package ``dndbench.conf``)
+CONFIG_MODULE, CONFIG_NAME = "dndbench.conf", "config"
+
+
+def register_dir_resolver() -> None:
+    """``${pid:}``: this process's id, which makes the default run and sweep folders
+    (``outputs/<date>/<time>-<microseconds>-<pid>``) unique among jobs started at once.
+    Cached like Hydra's ``${now:}``, so every resolution in a job (and the copies Hydra
+    sends to its launchers' workers) gives the same folder.  Registered on import, since
+    launcher workers resolve the folder before the task runs."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("pid"):
+        OmegaConf.register_new_resolver("pid", lambda: str(os.getpid()), use_cache=True)
+
+
+register_dir_resolver()
 
 
 def _fail(exc: BaseException) -> int:
-    print(f"error: {exc}", file=sys.stderr)
+    from dndbench.redact import redact
+
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    print(f"error: {redact(text)}", file=sys.stderr)
     return 2
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for a file-system failure while a job runs (a full disk, a folder that became
+    unwritable): what failed, on which path, and what to do."""
+    path = exc.filename if exc.filename is not None else ""
+    what = exc.strerror or type(exc).__name__
+    where = f" on {path}" if path else ""
+    return (f"{what}{where} ({type(exc).__name__}); check that the run and cache folders are "
+            f"writable and the disk has room (DNDBENCH_TRACEBACK=1 shows where it happened)")
+
+
+def remove_partial_run(started: float) -> None:
+    """After a failed job, remove what this job wrote to its run folder (Hydra's ``.hydra/``
+    and log file, result files written since ``started``), and the folder itself when that
+    leaves it empty: a failed job leaves no run folder that looks like a result."""
+    import shutil
+
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        hydra_cfg = HydraConfig.get()
+        run_dir = Path(hydra_cfg.runtime.output_dir)
+        log_file = run_dir / f"{hydra_cfg.job.name}.log"
+        subdir = hydra_cfg.output_subdir
+    except Exception:  # not inside a Hydra job
+        return
+    if not run_dir.is_dir():
+        return
+    if subdir:
+        shutil.rmtree(run_dir / subdir, ignore_errors=True)
+    for path in [log_file, *run_dir.iterdir()]:
+        try:
+            if path.is_file() and path.stat().st_mtime >= started - 1:
+                path.unlink()
+        except OSError:
+            pass
+    try:
+        run_dir.rmdir()  # only when empty
+    except OSError:
+        pass
 
 
 def one_line(exc: BaseException) -> str:
     """Condense a Hydra/OmegaConf exception chain into one readable line."""
-    messages = []
+    messages: list[str] = []
     while exc is not None:
         text = str(exc).strip().splitlines()
-        if text and text[0] not in messages:
-            messages.append(text[0].rstrip("."))
+        first = text[0].rstrip(".") if text else ""
+        # OmegaConf chains its formatted message to the raw template ("Value '$VALUE' ...")
+        if first and "$" not in first and not any(first in m for m in messages):
+            messages.append(first)
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
     return ": ".join(messages[:3]) or "invalid configuration"
 
 
+def explain(exc: BaseException) -> DndbenchError:
+    """The one-line error for a failure to compose a job's config: an unknown option lists the
+    valid ones (with close matches), a value of the wrong type names the option, and the rest
+    is :func:`one_line`."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+    from dndbench.errors import UnknownOptionError
+
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    for err in chain:
+        if isinstance(err, DndbenchError):
+            return err
+        key, full_key = getattr(err, "key", None), getattr(err, "full_key", None)
+        cls = getattr(err, "object_type", None)
+        if (isinstance(err, (ConfigAttributeError, ConfigKeyError)) and key is not None
+                and dataclasses.is_dataclass(cls) and isinstance(cls, type)):
+            valid = sorted(f.name for f in dataclasses.fields(cls) if f.name != "name")
+            parent = str(full_key or key).rpartition(".")[0]
+            node = getattr(err, "parent_node", None)
+            name = node.get("name") if hasattr(node, "get") and "name" in (node or {}) else None
+            where = (f"{parent} {name!r}" if parent and name else parent or "the run")
+            return UnknownOptionError(where, str(key), valid)
+        if isinstance(err, ValidationError) and full_key:
+            text = str(err).strip().splitlines()[0].rstrip(".")
+            return ConfigError(f"{full_key}: {text[:1].lower()}{text[1:]}")
+    message = one_line(chain[0]) if chain else "invalid configuration"
+    if message.startswith("Ambiguous value"):
+        message += " (to sweep over the values, add -m; to pass a list, write key=[a,b])"
+    return ConfigError(message)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line as ``hydra.main`` itself reads it (flags plus ``args.overrides``).
+
+    Hydra exposes its parser only as ``hydra._internal.utils.get_args_parser``; it is the one
+    ``hydra.main`` calls, so both read the same flags.  A bad flag exits like Hydra does."""
+    from hydra._internal.utils import get_args_parser
+
+    parser = get_args_parser()
+
+    def error(message: str) -> None:
+        raise ConfigError(f"{message} (python -m dndbench --help lists the flags)")
+
+    parser.error = error  # type: ignore[method-assign]
+    return parser.parse_args(argv)
+
+
+def parse_overrides(lines: list[str], config_loader: Any = None) -> list[Any]:
+    """Hydra's own parse of ``key=value`` overrides (with a config loader, ``glob()`` sweeps
+    expand to the group's options); a syntax error is a one-line ConfigError."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        return OverridesParser.create(config_loader=config_loader).parse_overrides(lines)
+    except OverrideParseException as exc:
+        reason = exc.message.strip().splitlines()[0] if exc.message.strip() else "syntax error"
+        raise ConfigError(f"cannot parse override {exc.override!r}: {reason}") from None
+    except Exception as exc:
+        raise ConfigError(one_line(exc)) from None
+
+
 def setup(argv: list[str]) -> None:
-    """Load plugin files and register every component config with Hydra."""
+    """Load plugin files (``plugins_dir=`` on the command line, else ``plugins/``) and register
+    every component config with Hydra."""
     from dndbench.config import register_configs
     from dndbench.plugins import load_plugins
 
-    plugins_dir = next((a.split("=", 1)[1] for a in argv if a.startswith("plugins_dir=")), None)
-    load_plugins(plugins_dir)
+    load_plugins(_plugins_dir(parse_args(argv).overrides))
     register_configs()
 
 
-def _plain_overrides(argv: list[str]) -> list[str]:
-    """The override arguments (``key=value``), without Hydra flags and ``hydra.*`` settings."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in HYDRA_FLAGS_WITH_VALUE:
-            skip = True
-        elif not arg.startswith("-") and "=" in arg and not arg.lstrip("+~").startswith("hydra"):
-            out.append(arg)
-    return out
+def _plugins_dir(lines: list[str]) -> str | None:
+    for override in parse_overrides(lines):
+        if override.key_or_group == "plugins_dir" and not override.is_sweep_override():
+            if override.value() is None:
+                return None
+            folder = str(override.value())
+            if not Path(folder).expanduser().is_dir():
+                raise ConfigError(f"plugins_dir={folder}: no such folder; give the folder that "
+                                  f"holds your plugin .py files")
+            return folder
+    return None
 
 
-def _quote(value: Any) -> str:
-    text = str(value)
-    return text if isinstance(value, (int, float)) or text.replace("_", "").isalnum() else repr(text)
+def runs_a_job(args: argparse.Namespace) -> bool:
+    """False for the flags that only print something (help, config, info) or rerun a pickle."""
+    return not (args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
+                or args.experimental_rerun)
 
 
 def precheck(argv: list[str]) -> None:
-    """Validate overrides before Hydra runs, so mistakes give one clear line.
+    """Validate every job of the command line before Hydra runs, so mistakes give one clear line.
 
-    Unknown component names get "did you mean" suggestions; values of the wrong type and
-    unknown keys are caught by composing the config (each sweep value is tried).
+    Unknown component names get "did you mean" suggestions; then each job's config is composed
+    (``hydra.compose``) and typed (:func:`dndbench.config.to_run_spec`), which catches values
+    of the wrong type and unknown keys.  With ``-m`` the jobs are the ones Hydra's basic
+    sweeper will launch (its own expansion, :meth:`BasicSweeper.split_arguments`); ``hydra.*``
+    overrides are Hydra's to check.  A ``--config-dir`` overlay joins the search path (its
+    ``<group>/<name>.yaml`` files are valid names); with ``--config-path`` (the primary config
+    comes from elsewhere) or another sweeper (``hydra/sweeper=...``, which expands sweeps its own
+    way) only the component names are checked.  Each job's data folders are checked too
+    (:func:`dndbench.config.check_data`).
     """
     from hydra import compose, initialize_config_module
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
 
-    from dndbench.config import ALL, to_run_spec
+    from dndbench.config import check_data, overlay_options, overlay_searchpath, to_run_spec
+    from dndbench.preflight import check_job
+    from dndbench.redact import refuse_secret_config, refuse_secrets
+
+    args = parse_args(argv)
+    refuse_secrets(args.overrides)
+    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        parsed = parse_overrides(args.overrides, loader)
+        overrides = [o for o in parsed if not (o.is_hydra_override() or o.key_or_group == "hydra")]
+        check_component_names(overrides, overlay_options(args.config_dir), loader)
+        other_sweeper = args.multirun and any(o.key_or_group == "hydra/sweeper" for o in parsed)
+        if args.config_path or other_sweeper:
+            return
+        searchpath = overlay_searchpath(args.config_dir)
+        try:
+            jobs = (BasicSweeper.split_arguments(overrides, None)[0] if args.multirun
+                    else [[o.input_line for o in overrides]])
+        except Exception as exc:
+            raise explain(exc) from None
+        for job in jobs:
+            try:
+                cfg = compose(args.config_name or CONFIG_NAME, overrides=searchpath + job)
+                spec = to_run_spec(cfg, job)
+            except Exception as exc:
+                raise explain(exc) from None
+            refuse_secret_config(_plain(cfg))
+            check_data(spec)
+            check_job(spec)
+        check_output_folder(args, searchpath + [o.input_line for o in parsed if _names_a_dir(o)])
+
+
+#: the Hydra options that name where a job writes
+OUTPUT_KEYS = ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir", "hydra.output_subdir")
+
+
+def _names_a_dir(override: Any) -> bool:
+    return override.key_or_group in OUTPUT_KEYS and not override.is_sweep_override()
+
+
+def _plain(cfg: Any) -> Any:
+    from omegaconf import OmegaConf
+
+    return {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k != "hydra"}
+
+
+def check_output_folder(args: argparse.Namespace, overrides: list[str]) -> None:
+    """Raise a ConfigError unless the run folder (``hydra.run.dir``; with ``-m`` the sweep
+    folder) is, or can become, a writable folder; nothing is created."""
+    from hydra import compose
+    from omegaconf import OmegaConf
+
+    from dndbench.preflight import check_folder
+
+    key = "hydra.sweep.dir" if args.multirun else "hydra.run.dir"
+    try:
+        cfg = compose(args.config_name or CONFIG_NAME, overrides=overrides,
+                      return_hydra_config=True)
+        folder = str(OmegaConf.select(cfg, key))
+    except Exception:  # an interpolation only Hydra's own run can resolve: Hydra checks it
+        return
+    check_folder(Path(folder), f"{key}={folder}", create=False,
+                 fix=f"choose a writable folder with {key}=PATH")
+
+
+def check_component_names(overrides: list[Any], overlay: dict[str, set[str]] | None = None,
+                          loader: Any = None) -> None:
+    """Raise UnknownComponentError (with close names) for a group value that is not registered
+    (nor a YAML file of the ``--config-dir`` overlay, ``overlay`` = group -> names); with
+    Hydra's config ``loader``, YAML-only groups (``neurons``, ``experiment``) are checked
+    against their files."""
+    import difflib
+
+    from dndbench.config import ALL, AUTO_PREFIX
+    from dndbench.errors import UnknownComponentError
     from dndbench.registry import registries
 
-    overrides = _plain_overrides(argv)
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except Exception as exc:
-        raise ConfigError(one_line(exc)) from None
     regs = registries()
-    choices: list[list[str]] = []  # per override, its rendered values (several for a sweep)
-    for override in parsed:
-        key = override.key_or_group
-        values = ([str(v) for v in override.sweep_iterator()] if override.is_sweep_override()
-                  else [override.value()])
-        if key in regs:
-            for name in values:
-                if name != ALL:
-                    regs[key].entry(str(name))
-        if override.is_sweep_override():
-            prefix = override.get_key_element()
-            choices.append([f"{prefix}={_quote(v)}" for v in override.sweep_iterator()])
+    extra = overlay or {}
+    for override in overrides:
+        group = override.key_or_group
+        if override.is_delete() or override.package:
+            continue
+        if group in regs:
+            options = None
+        elif loader is not None and "." not in group and loader.get_group_options(group):
+            options = sorted(set(loader.get_group_options(group)) | extra.get(group, set()))
         else:
-            choices.append([override.input_line or f"{override.get_key_element()}={values[0]}"])
-    base = [c[0] for c in choices]
-    variants = [base] + [base[:i] + [v] + base[i + 1:]
-                         for i, c in enumerate(choices) for v in c[1:]]
-    with initialize_config_module("dndbench.conf", version_base="1.3"):
-        for variant in variants:
-            try:
-                cfg = compose("config", overrides=variant)
-            except Exception as exc:
-                raise ConfigError(one_line(exc)) from None
-            to_run_spec(cfg, variant)
+            continue
+        values = (list(override.sweep_string_iterator()) if override.is_sweep_override()
+                  else [override.value()])
+        for name in values:
+            if name is None or str(name) == ALL or str(name) in extra.get(group, set()):
+                continue
+            if options is None:
+                regs[group].entry(str(name))
+            elif str(name) not in options:
+                shown = [o for o in options if not o.startswith(AUTO_PREFIX)]
+                raise UnknownComponentError(group, str(name), shown,
+                                            difflib.get_close_matches(str(name), shown, n=3))
 
 
 def run_from_hydra(cfg: Any) -> None:
@@ -125,41 +337,58 @@ def run_from_hydra(cfg: Any) -> None:
     from omegaconf import OmegaConf
 
     from dndbench.cache import Cache
-    from dndbench.config import to_run_spec
-    from dndbench.pipeline import run_job
-    from dndbench.results.leaderboard import leaderboard, to_markdown, write_leaderboard
+    from dndbench.config import check_data, to_run_spec
+    from dndbench.pipeline import run_job, setting_label
+    from dndbench.results.leaderboard import leaderboard, load_costs, to_markdown, write_leaderboard
     from dndbench.results.records import write_run
-    from dndbench.results.report import leaderboard_chart, neuron_cards
+    from dndbench.redact import guard_logging
+    from dndbench.results.report import leaderboard_chart, write_run_report
 
+    guard_logging()  # no secret or URL credential reaches the job's log
     started = time.time()
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
     spec = to_run_spec(cfg, overrides)
+    for line in spec.warnings:
+        log.warning(line)
+    check_data(spec)
     cache = Cache(spec.options.cache_dir or None)
     result = run_job(spec, cache)
-    config = OmegaConf.to_container(cfg, resolve=True)
+    config = cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True))
     probe = spec.probe.name if result.probe_used else "none"
     descriptions, scores = write_run(run_dir, result, config, overrides, spec.model.name, probe,
                                      started)
-    chart = None
+    table = None
     if len(scores):
-        table = leaderboard(scores)
+        table = leaderboard(scores, costs=load_costs([run_dir]))
         write_leaderboard(table, run_dir / "leaderboard")
-        chart = leaderboard_chart(table, run_dir / "leaderboard.png")
+        leaderboard_chart(table, run_dir / "leaderboard.png")
         print(to_markdown(table))
-    ctx = result.context
-    if ctx is not None and "activations" in ctx.__dict__:  # the probe was used: show top images
-        neuron_cards(ctx, descriptions, run_dir / "report.html", chart)
+    if spec.options.reference_figures is not None:  # a preset's published figures
+        from dndbench.results.records import write_text
+        from dndbench.results.reference import render
+
+        text = render(spec.options.reference_figures, table)
+        write_text(run_dir / "reference.md", text + "\n")
+        print(text)
+    # every run gets its report; probe images only where a describer used the probe
+    configs = {setting_label(c): c for c in spec.describers}
+    write_run_report(run_dir, descriptions, scores, table, result.contexts, configs,
+                     images=result.probe_used)
     print(f"results: {run_dir}")
 
 
 def list_components(argv: list[str]) -> int:
-    """``dndbench list``: every registered component with its origin."""
-    from dndbench.registry import registries
+    """``dndbench list [PLUGINS_DIR]``: every registered component with its origin."""
     from dndbench.plugins import load_plugins
+    from dndbench.registry import registries
 
-    load_plugins(argv[0] if argv else None)
+    parser = argparse.ArgumentParser(prog="dndbench list",
+                                     description="List every registered component and its origin.")
+    parser.add_argument("plugins_dir", nargs="?", default=None,
+                        help="folder of plugin files to load first (default: plugins/)")
+    load_plugins(parser.parse_args(argv).plugins_dir)
     kinds = registries()
     width = max(len(e.name) for r in kinds.values() for e in r.entries())
     for kind, registry in kinds.items():
@@ -176,35 +405,53 @@ def _subcommand(name: str) -> Callable[[list[str]], int]:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m dndbench`` and the ``dndbench`` script."""
-    argv = sys.argv[1:] if argv is None else argv
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         if argv and argv[0] in SUBCOMMANDS:
             return int(_subcommand(argv[0])(argv[1:]) or 0)
+        args = parse_args(argv)
         setup(argv)
-        if not any(a in ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i")
-                   for a in argv):
+        if runs_a_job(args):
             precheck(argv)
     except DndbenchError as exc:
         return _fail(exc)
+    except SystemExit as exc:  # a bad flag or --version, answered by Hydra's own parser
+        return _exit_status(exc)
     return _run_hydra(argv)
 
 
+def _exit_status(exc: SystemExit) -> int:
+    return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+
+
 def _run_hydra(argv: list[str]) -> int:
+    """Run the job (or sweep, help, ...) through ``hydra.main``.
+
+    ``hydra.main`` reads its command line from ``sys.argv`` (that is its interface), so
+    ``sys.argv[1:]`` is ``argv`` while it runs and is restored afterwards."""
     import hydra
 
     status = {"code": 0}
 
-    @hydra.main(config_path="conf", config_name="config", version_base="1.3")
+    @hydra.main(config_path="conf", config_name=CONFIG_NAME, version_base="1.3")
     def task(cfg: Any) -> None:
+        started = time.time()
         try:
             run_from_hydra(cfg)
-        except DndbenchError as exc:
-            status["code"] = _fail(exc)
+        except (DndbenchError, OSError) as exc:
+            if isinstance(exc, OSError) and os.environ.get("DNDBENCH_TRACEBACK"):
+                raise
+            remove_partial_run(started)
+            status["code"] = _fail(exc if isinstance(exc, DndbenchError)
+                                   else ConfigError(os_error_message(exc)))
             raise SystemExit(2) from None
 
-    sys.argv = [sys.argv[0]] + argv
+    saved = sys.argv
+    sys.argv = [saved[0] if saved else "dndbench", *argv]
     try:
         task()
     except SystemExit as exc:
-        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+        return _exit_status(exc)
+    finally:
+        sys.argv = saved
     return status["code"]

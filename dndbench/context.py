@@ -1,6 +1,7 @@
 """What a describer or metric sees of a run: the model, probe, layer, units and shared services."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,13 @@ class Context:
     #: backend configs by kind (captioner, llm, text2image, vlm, embedder); see :meth:`backend`
     backends: dict[str, "ComponentConfig"] = field(default_factory=dict)
     _backend_objects: dict[str, Any] = field(default_factory=dict, repr=False)
+    _heldout: "Context | None" = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # the probe's ``split`` option takes effect here: describers see only its images
+        select = getattr(self.probe, "selected", None)
+        if select is not None:
+            self.probe = select()
 
     def backend(self, kind: str) -> Any:
         """The run's backend of ``kind``, created on first use with its call cache."""
@@ -50,6 +58,10 @@ class Context:
                 self.backends[kind], services=services(self.cache))
         return self._backend_objects[kind]
 
+    def backends_in_use(self) -> dict[str, Any]:
+        """The backends created so far, by kind (for cost accounting)."""
+        return dict(self._backend_objects)
+
     @cached_property
     def activations(self) -> "Activations":
         from dndbench.activations import Activations
@@ -57,6 +69,25 @@ class Context:
         return Activations(self.model, self.probe, self.cache, device=self.device,
                            batch_size=self.batch_size, num_workers=self.num_workers,
                            progress=self.progress)
+
+    @property
+    def has_heldout(self) -> bool:
+        """Whether the probe is split, so :meth:`heldout` holds images the describers never saw."""
+        complement = getattr(self.probe, "complement", None)
+        return complement is not None and complement() is not None
+
+    def heldout(self) -> "Context":
+        """A context over the held-out probe images: the other side of the probe's split
+        (``describe`` <-> ``score``), or this context itself when the probe is not split (check
+        :attr:`has_heldout`; the images then overlap the describers').  It shares model, cache,
+        backends and counters, and computes its own activations (cached under its fingerprint)."""
+        if self._heldout is None:
+            complement = getattr(self.probe, "complement", None)
+            other = complement() if complement is not None else None
+            if other is None:
+                return self
+            self._heldout = dataclasses.replace(self, probe=other)
+        return self._heldout
 
     @property
     def is_final_layer(self) -> bool:

@@ -12,13 +12,22 @@ if TYPE_CHECKING:
     from dndbench.models.base import TargetModel
 
 
+#: layer aliases that stand for every layer holding planted units
+PLANTED_LAYERS = ("planted", "all")
+
+
 @dataclass
 class NeuronsConfig:
-    """Which units to describe: ``layer`` (a module name or ``final``) and ``units``:
-    ``all``, ``first:K``, ``random:K`` (with ``seed``), ``planted`` (units with known concepts),
-    a list of ids (``[0,5,9]`` or ``"0,5,9"``) or ``file:PATH`` (one id per line)."""
+    """Which units to describe: ``layer`` and ``units``.
 
-    layer: str = "final"
+    ``layer`` is a module name or ``final``, several of them (``[layer2,layer3]`` or
+    ``"layer2,layer3"``: one run describes and scores each layer), or ``planted``: every layer
+    that holds planted units (``all`` means the same with ``units=planted``).  ``units`` (applied
+    to each layer): ``all``, ``first:K``, ``random:K`` (with ``seed``), ``planted`` (units with
+    known concepts), a list of ids (``[0,5,9]`` or ``"0,5,9"``) or ``file:PATH`` (one id per
+    line)."""
+
+    layer: Any = "final"
     units: Any = "all"
     seed: int = 0
 
@@ -68,6 +77,10 @@ def _select(spec: Any, n: int, seed: int, model: "TargetModel", layer: str) -> l
             k = int(arg)
         except ValueError:
             raise ConfigError(f"neurons.units={spec!r}: expected {kind}:<integer>") from None
+        if not 1 <= k <= n:  # never clamped: asking for more units than exist is a mistake
+            raise ConfigError(f"neurons.units={spec}: layer {layer!r} of model "
+                              f"{model.config.name!r} has {n} units; ask for 1..{n} "
+                              f"(or neurons.units=all)")
         if kind == "first":
             return list(range(min(k, n)))
         import numpy as np
@@ -77,16 +90,52 @@ def _select(spec: Any, n: int, seed: int, model: "TargetModel", layer: str) -> l
         path = Path(arg)
         if not path.is_file():
             raise ConfigError(f"neurons.units={spec!r}: no such file {path}")
-        return _parse_ids([line for line in path.read_text().split() if line], f"file {path}")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"neurons.units={spec!r}: {path} is not a UTF-8 text file; it "
+                              f"must list one unit id per line") from None
+        return _parse_ids([line for line in text.split() if line], f"file {path}")
     if all(part.strip().lstrip("-").isdigit() for part in spec.split(",")):
         return _parse_ids(spec.split(","), "the list")
     raise ConfigError(f"neurons.units={spec!r} not understood; use all, first:K, random:K, "
                       f"planted, file:PATH or a list like [0,5,9]")
 
 
-def resolve_neurons(model: "TargetModel", config: NeuronsConfig) -> NeuronSet:
-    """Resolve the layer alias and unit selection, checking every id is in range."""
-    layer = model.resolve_layer(config.layer)
+def planted_layers(model: "TargetModel") -> list[str]:
+    """The model's layers that hold planted units, in network order."""
+    names = [n for n, _ in model.network(pretrained=False).named_modules() if n]
+    return [n for n in names if model.planted_concepts(n)]
+
+
+def layer_names(model: "TargetModel", config: NeuronsConfig) -> list[str]:
+    """The resolved module names ``config.layer`` selects (in the given order, no repeats)."""
+    spec = config.layer
+    if isinstance(spec, str) or not hasattr(spec, "__iter__"):
+        items = [part.strip() for part in str(spec).split(",")]
+    else:
+        items = [str(part).strip() for part in spec]
+    items = [item for item in items if item]
+    if not items:
+        raise ConfigError("neurons.layer is empty; name a layer, e.g. neurons.layer=final")
+    out: list[str] = []
+    for item in items:
+        if item in PLANTED_LAYERS:
+            if item == "all" and str(config.units).strip() != "planted":
+                raise ConfigError("neurons.layer=all means every layer with planted units and "
+                                  "needs neurons.units=planted; otherwise list the layers, e.g. "
+                                  "neurons.layer=[layer2,layer3]")
+            found = planted_layers(model)
+            if not found:
+                raise ConfigError(f"model {model.config.name!r} has no planted units in any layer")
+            out += found
+        else:
+            out.append(model.resolve_layer(item))
+    return list(dict.fromkeys(out))
+
+
+def neuron_set(model: "TargetModel", layer: str, config: NeuronsConfig) -> NeuronSet:
+    """The units ``config.units`` selects in one (resolved) ``layer``, checked to be in range."""
     n = model.num_units(layer)
     units = _select(config.units, n, config.seed, model, layer)
     bad = [u for u in units if not 0 <= u < n]
@@ -96,3 +145,17 @@ def resolve_neurons(model: "TargetModel", config: NeuronsConfig) -> NeuronSet:
     if not units:
         raise ConfigError("the neuron selection is empty")
     return NeuronSet(model.config.name, layer, tuple(dict.fromkeys(units)), n)
+
+
+def resolve_neuron_sets(model: "TargetModel", config: NeuronsConfig) -> list[NeuronSet]:
+    """One :class:`NeuronSet` per layer ``config.layer`` selects."""
+    return [neuron_set(model, layer, config) for layer in layer_names(model, config)]
+
+
+def resolve_neurons(model: "TargetModel", config: NeuronsConfig) -> NeuronSet:
+    """Resolve a single-layer selection (the layer alias and the units)."""
+    sets = resolve_neuron_sets(model, config)
+    if len(sets) > 1:
+        raise ConfigError(f"neurons.layer={config.layer!r} selects {len(sets)} layers where one "
+                          f"is expected")
+    return sets[0]

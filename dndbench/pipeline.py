@@ -1,7 +1,9 @@
 """The job: NeuronSet -> Activations -> Descriptions -> Scores -> results tables.
 
 Every describer of a run sees the same :class:`~dndbench.context.Context` (same units, probe set
-and cached activations), which is what makes the comparison matched.
+and cached activations), which is what makes the comparison matched.  A run may span several
+layers (``neurons.layer=[layer2,layer3]``, ``neurons=planted``): it makes one context per layer,
+sharing model, probe, cache and backends, and runs every describer on each.
 """
 from __future__ import annotations
 
@@ -10,16 +12,19 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
+from dndbench import costs
 from dndbench.activations import pick_device
-from dndbench.cache import Cache, stable_hash
+from dndbench.cache import Cache
 from dndbench.config import RunSpec
 from dndbench.context import Context
-from dndbench.describers.base import DESCRIBERS, Describer, Description
+from dndbench.describers.base import DESCRIBERS, Describer
+from dndbench.describers.describe_cache import describe_cached, descriptions_frame  # noqa: F401 (re-export)
+from dndbench.errors import ConfigError
 from dndbench.metrics.base import METRICS, Metric
 from dndbench.models.base import MODELS
-from dndbench.neurons import NeuronSet, resolve_neurons
+from dndbench.neurons import NeuronSet, resolve_neuron_sets
 from dndbench.probes.base import PROBES
 from dndbench.registry import ComponentConfig
 
@@ -42,22 +47,14 @@ def setting_label(config: ComponentConfig) -> str:
     return f"{config.name}({', '.join(diffs)})" if diffs else config.name
 
 
-def descriptions_frame(descriptions: list[Description]) -> "pd.DataFrame":
-    """One row per unit: unit, label, label_2, label_3, score and the describer's extras."""
-    import pandas as pd
-
-    rows = []
-    for d in descriptions:
-        alts = list(d.alternatives) + ["", ""]
-        rows.append({"unit": int(d.unit), "label": d.label, "label_2": alts[0],
-                     "label_3": alts[1], "score": float(d.score), **d.extras})
-    columns = ["unit", "label", "label_2", "label_3", "score"]
-    return pd.DataFrame(rows, columns=None if rows else columns)
-
-
 @dataclass
 class DescriberRun:
-    """What one describer produced in a run."""
+    """What one describer produced on one layer of a run.
+
+    ``seconds`` and ``cost`` (model calls by kind, see :mod:`dndbench.costs`) are the
+    describer's own: the shared pass of the probe through the network is accounted separately
+    (``timings["activations/<layer>"]``), so a setting's cost does not depend on running first.
+    """
 
     setting: str
     describer: str
@@ -66,79 +63,148 @@ class DescriberRun:
     missing_units: list[int]
     seconds: float
     from_cache: bool
+    layer: str = ""
+    role: str = "method"
+    units: int = 0
+    cost: dict[str, float] = field(default_factory=dict)
+    #: deltas of the named run counters (``ctx.count``) while this describer ran
+    counters: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
 class JobResult:
-    """Everything a run produced, before it is written to the run directory."""
+    """Everything a run produced, before it is written to the run directory: one neuron set and
+    one context per layer (in order), and one :class:`DescriberRun` per (layer, setting)."""
 
-    neurons: NeuronSet
+    neuron_sets: list[NeuronSet]
     runs: list[DescriberRun]
-    context: Context | None = None
+    contexts: list[Context] = field(default_factory=list)
     #: whether any describer looked at probe images (if not, the probe is not part of the result)
     probe_used: bool = False
     timings: dict[str, float] = field(default_factory=dict)
     counts: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def neurons(self) -> NeuronSet:
+        """The first layer's neuron set (the only one of a single-layer run)."""
+        return self.neuron_sets[0]
 
-def build_context(spec: RunSpec, cache: Cache) -> tuple[Context, NeuronSet]:
-    """Instantiate model and probe, resolve the neuron set, and make the shared context."""
+    @property
+    def context(self) -> Context | None:
+        """The first layer's context (the only one of a single-layer run)."""
+        return self.contexts[0] if self.contexts else None
+
+    @property
+    def layers(self) -> list[str]:
+        return [n.layer for n in self.neuron_sets]
+
+
+def build_contexts(spec: RunSpec, cache: Cache) -> list[tuple[Context, NeuronSet]]:
+    """Instantiate model and probe, resolve the neuron sets and make one context per layer.
+
+    The contexts share model, probe, cache, backends and counters; each computes (and caches)
+    the activations of its own layer."""
     model = MODELS.create(spec.model)
     model.cache = cache
+    model.progress = spec.options.progress
     probe = PROBES.create(spec.probe)
     probe.cache = cache
-    neurons = resolve_neurons(model, spec.neurons)
     o = spec.options
-    ctx = Context(model=model, probe=probe, layer=neurons.layer, units=list(neurons.units),
-                  cache=cache, device=pick_device(o.device), batch_size=o.batch_size,
-                  num_workers=o.num_workers, seed=o.seed, progress=o.progress,
-                  backends=dict(spec.backends))
-    return ctx, neurons
+    counters: dict[str, int] = {}
+    backend_objects: dict[str, Any] = {}
+    out = []
+    for neurons in resolve_neuron_sets(model, spec.neurons):
+        ctx = Context(model=model, probe=probe, layer=neurons.layer, units=list(neurons.units),
+                      cache=cache, device=pick_device(o.device), batch_size=o.batch_size,
+                      num_workers=o.num_workers, seed=o.seed, progress=o.progress,
+                      counters=counters, backends=dict(spec.backends),
+                      _backend_objects=backend_objects)
+        out.append((ctx, neurons))
+    return out
+
+
+def build_context(spec: RunSpec, cache: Cache) -> tuple[Context, NeuronSet]:
+    """The context of a single-layer run (see :func:`build_contexts`)."""
+    contexts = build_contexts(spec, cache)
+    if len(contexts) > 1:
+        raise ConfigError(f"neurons.layer selects {len(contexts)} layers; use build_contexts")
+    return contexts[0]
 
 
 def describe(describer: Describer, ctx: Context) -> tuple["pd.DataFrame", bool]:
     """The describer's table for ctx.units, from the cache when this exact work was done before."""
-    key = stable_hash("descriptions/v1", describer.config, describer.version,
-                      describer.cache_key_parts(ctx))
-    computed = []
-
-    def compute() -> "pd.DataFrame":
-        computed.append(True)
-        return descriptions_frame(describer.describe(ctx))
-
-    frame = ctx.cache.frame("descriptions", key, compute)
-    return frame, not computed
+    return describe_cached(describer, ctx)
 
 
-def metrics_for(spec: RunSpec, ctx: Context) -> list[Metric]:
-    """The configured metrics, or (``metric=all``) every registered metric that applies."""
+def create_metrics(spec: RunSpec) -> list[Metric]:
+    """The configured metrics, or (``metric=all``) every registered metric; created once per
+    run, so the models they load serve every layer."""
     if spec.metrics is not None:
         return [METRICS.create(m) for m in spec.metrics]
-    candidates = [METRICS.create(METRICS.config(name)) for name in METRICS.names()]
-    return [m for m in candidates if m.applies_to(ctx)]
+    return [METRICS.create(METRICS.config(name)) for name in METRICS.names()]
 
 
-def run_job(spec: RunSpec, cache: Cache) -> JobResult:
-    """Describe the neuron set with every describer and score every description."""
+def metrics_for(spec: RunSpec, ctx: Context, metrics: list[Metric] | None = None) -> list[Metric]:
+    """The configured metrics, or (``metric=all``) every registered metric that applies to
+    ``ctx``; ``metrics`` are the run's instances (default: new ones)."""
+    metrics = create_metrics(spec) if metrics is None else metrics
+    return metrics if spec.metrics is not None else [m for m in metrics if m.applies_to(ctx)]
+
+
+class _ProbePass:
+    """The shared pass of the probe through the network: run once per layer, just before the
+    first describer that computes with the probe, and measured on its own."""
+
+    def __init__(self, result: JobResult) -> None:
+        self.result = result
+        self.done: set[str] = set()
+
+    def before(self, describer: Describer, ctx: Context,
+               measured: dict[str, Any]) -> Callable[[], None]:
+        """A ``prepare`` hook for :func:`describe_cached`; it stores what the pass cost in
+        ``measured`` (``seconds``, ``cost``)."""
+
+        def run() -> None:
+            if not describer.needs_probe or ctx.layer in self.done:
+                return
+            self.done.add(ctx.layer)
+            before, t = costs.snapshot(ctx), time.perf_counter()
+            ctx.activations.pooled(ctx.layer)
+            measured["seconds"] = time.perf_counter() - t
+            measured["cost"] = costs.difference(costs.snapshot(ctx), before)
+            key = f"activations/{ctx.layer}"
+            self.result.timings[key] = self.result.timings.get(key, 0.0) + measured["seconds"]
+
+        return run
+
+
+def _describe_layer(spec: RunSpec, ctx: Context, neurons: NeuronSet,
+                    describers: list[tuple[ComponentConfig, Describer]], all_metrics: list[Metric],
+                    probe_pass: _ProbePass, result: JobResult) -> None:
+    """Describe one layer's units with every describer and score every description."""
     import pandas as pd
 
-    t0 = time.perf_counter()
-    ctx, neurons = build_context(spec, cache)
-    result = JobResult(neurons=neurons, runs=[], context=ctx)
-    result.timings["setup"] = time.perf_counter() - t0
-    metrics = metrics_for(spec, ctx)
+    metrics = metrics_for(spec, ctx, all_metrics)
     if not metrics:
         log.warning("no metric applies to layer %s of %s; descriptions are written unscored",
                     neurons.layer, neurons.model)
-    for config in spec.describers:
-        describer = DESCRIBERS.create(config)
-        result.probe_used |= describer.needs_probe
+    for config, describer in describers:
         setting = setting_label(config)
-        t = time.perf_counter()
+        if spec.describer_suite and not describer.applies_to(ctx):
+            log.info("skipping %s on %s.%s: it does not apply there", setting, neurons.model,
+                     neurons.layer)
+            continue
+        result.probe_used |= describer.needs_probe
         log.info("describing %d units of %s.%s with %s", len(neurons.units), neurons.model,
                  neurons.layer, setting)
-        frame, from_cache = describe(describer, ctx)
-        seconds = time.perf_counter() - t
+        counters_before = dict(ctx.counters)
+        shared: dict[str, Any] = {}  # what the shared probe pass cost, if it ran here
+        before, t = costs.snapshot(ctx), time.perf_counter()
+        frame, from_cache = describe_cached(describer, ctx, probe_pass.before(describer, ctx, shared))
+        seconds = time.perf_counter() - t - shared.get("seconds", 0.0)
+        cost = costs.subtract(costs.difference(costs.snapshot(ctx), before), shared.get("cost", {}))
+        counters = {k: v - counters_before.get(k, 0) for k, v in ctx.counters.items()
+                    if v != counters_before.get(k, 0)}
         missing = sorted(set(neurons.units) - set(frame["unit"].tolist()))
         if missing:
             log.warning("%s: %d of %d units have no description (first: %s)", setting,
@@ -147,14 +213,34 @@ def run_job(spec: RunSpec, cache: Cache) -> JobResult:
         scores = [m.score(frame, ctx) for m in metrics]
         scores_frame = (pd.concat(scores, ignore_index=True) if scores
                         else pd.DataFrame(columns=["unit", "metric", "value"]))
-        result.timings[f"describe/{setting}"] = seconds
-        result.timings[f"score/{setting}"] = time.perf_counter() - t
+        suffix = setting if len(result.neuron_sets) == 1 else f"{neurons.layer}/{setting}"
+        result.timings[f"describe/{suffix}"] = seconds
+        result.timings[f"score/{suffix}"] = time.perf_counter() - t
         result.runs.append(DescriberRun(setting, config.name, frame, scores_frame, missing,
-                                        seconds, from_cache))
+                                        seconds, from_cache, layer=neurons.layer,
+                                        role=describer.role, units=len(neurons.units),
+                                        cost=cost, counters=counters))
+
+
+def run_job(spec: RunSpec, cache: Cache) -> JobResult:
+    """Describe each layer's units with every describer and score every description."""
+    t0 = time.perf_counter()
+    contexts = build_contexts(spec, cache)
+    result = JobResult(neuron_sets=[n for _, n in contexts], runs=[],
+                       contexts=[c for c, _ in contexts])
+    result.timings["setup"] = time.perf_counter() - t0
+    describers = [(config, DESCRIBERS.create(config)) for config in spec.describers]
+    metrics = create_metrics(spec)
+    probe_pass = _ProbePass(result)
+    for ctx, neurons in contexts:
+        _describe_layer(spec, ctx, neurons, describers, metrics, probe_pass, result)
     result.timings["total"] = time.perf_counter() - t0
-    if "activations" in ctx.__dict__:
-        result.counts["images_forwarded"] = ctx.activations.images_forwarded
-    result.counts.update(ctx.counters)
+    forwarded = [c.activations.images_forwarded for c in result.contexts
+                 if "activations" in c.__dict__]
+    if forwarded:
+        result.counts["images_forwarded"] = sum(forwarded)
+    for ctx in result.contexts[:1]:  # the counters are shared by every layer's context
+        result.counts.update(ctx.counters)
     result.counts["cache_hits"] = dict(cache.hits)
     result.counts["cache_misses"] = dict(cache.misses)
     return result

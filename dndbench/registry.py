@@ -1,7 +1,9 @@
 """One generic registry for every kind of component (models, probes, describers, metrics, backends).
 
-A component is one class with a nested typed ``Config`` dataclass (a subclass of
-:class:`ComponentConfig`).  Components come from three places, recorded as their *origin*:
+A component is one class with a typed ``Config`` dataclass (a subclass of
+:class:`ComponentConfig`; built-ins define it at module level and set ``Config = ...``, plugins
+may nest it).  Options with a fixed set of values are :class:`Choice` enums.  Components come from
+three places, recorded as their *origin*:
 
 * built-ins (modules of this package, imported on first use of the registry),
 * installed packages, through the entry-point group ``dndbench.<kind>s``,
@@ -14,21 +16,69 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
 import importlib
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from dndbench.catalog import KINDS
 from dndbench.errors import ConfigError, UnknownComponentError
 
 
+class Choice(str, enum.Enum):
+    """Base of an option with a fixed set of values (``class Precision(Choice)``).
+
+    Members are strings whose names equal their values, so ``precision=fp16`` works on the
+    command line (Hydra validates it and lists the valid values), a member equals its plain
+    string, and configs hash (as JSON) and print exactly as the plain strings did.
+    """
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+    @classmethod
+    def values(cls) -> list[str]:
+        """The valid values, in definition order."""
+        return [str(member.value) for member in cls]
+
+
 @dataclass
 class ComponentConfig:
-    """Base of every component's typed config; ``name`` is the registry key it was built from."""
+    """Base of every component's typed config; ``name`` is the registry key it was built from.
+
+    Values of :class:`Choice` options given as plain strings (``Registry.config("dnd",
+    scoring="mean")``) are converted to the enum on construction; an unknown value is a
+    :class:`~dndbench.errors.ConfigError` that lists the valid ones.
+    """
+
+    #: the type name configs are hashed under (:func:`dndbench.cache.stable_hash`): every
+    #: built-in config was once a nested class called ``Config``, so keys made then stay valid
+    cache_tag: ClassVar[str] = "Config"
 
     name: str = ""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if isinstance(f.default, Choice):
+                setattr(self, f.name, _choice(type(f.default), getattr(self, f.name), self, f.name))
+
+
+def _choice(cls: type[Choice], value: Any, config: ComponentConfig, option: str) -> Choice:
+    """``value`` as a member of ``cls``; ConfigError naming the component, option and choices."""
+    if isinstance(value, cls):
+        return value
+    try:
+        return cls(value)
+    except ValueError:
+        owner = f"{config.name}: " if config.name else ""
+        raise ConfigError(f"{owner}{option} must be one of {', '.join(cls.values())} "
+                          f"(got {value!r})") from None
 
 
 T = TypeVar("T")
@@ -56,7 +106,8 @@ class Entry(Generic[T]):
 
     @property
     def config_class(self) -> type[ComponentConfig]:
-        return self.cls.Config  # type: ignore[attr-defined]
+        config: type[ComponentConfig] = self.cls.Config  # type: ignore[attr-defined]
+        return config
 
     @property
     def summary(self) -> str:
@@ -85,7 +136,7 @@ class Registry(Generic[T]):
             if not (isinstance(config, type) and dataclasses.is_dataclass(config)
                     and issubclass(config, ComponentConfig)):
                 raise TypeError(
-                    f"{self.kind} {name!r}: {cls.__name__} needs a nested dataclass `Config` "
+                    f"{self.kind} {name!r}: {cls.__name__} needs a dataclass `Config` "
                     f"deriving from dndbench.registry.ComponentConfig")
             existing = self._entries.get(name)
             if existing is not None and existing.cls is not cls:
@@ -154,11 +205,12 @@ class Registry(Generic[T]):
         options, e.g. a backend's call cache (see :func:`dndbench.backends.call_cache.services`)."""
         if isinstance(config, str):
             config = self.config(config, **overrides)
-        cls = self.get(config.name)
-        if not isinstance(config, cls.Config):  # type: ignore[attr-defined]
-            raise ConfigError(f"{self.kind} {config.name!r} expects a {cls.Config.__name__}, "  # type: ignore[attr-defined]
-                              f"got {type(config).__name__}")
-        return cls(config, **(services or {}))  # type: ignore[call-arg]
+        entry = self.entry(config.name)
+        if not isinstance(config, entry.config_class):
+            raise ConfigError(f"{self.kind} {config.name!r} expects a "
+                              f"{entry.config_class.__name__}, got {type(config).__name__}")
+        factory: Callable[..., T] = entry.cls
+        return factory(config, **(services or {}))
 
 
 def registry_for(kind: str) -> Registry[Any]:

@@ -10,21 +10,21 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
+from fake_openai import FakeOpenAI
 from PIL import Image
 
 from dndbench.backends.base import CAPTIONERS, LLMS, TEXT2IMAGE, VLMS
 from dndbench.backends.call_cache import CallCache
 from dndbench.errors import BackendError, ConfigError
-from fake_openai import FakeOpenAI
 
 pytest.importorskip("transformers")
 
-LETTERS = "abcdefghijklmnopqrstuvwxyz"
-MODULES = ["blip", "clip_vlm", "diffusers_t2i", "openai_llm", "hf_llm", "hub"]
+MODULES = ["blip", "clip_vlm", "diffusers_t2i", "openai_llm", "hf_llm", "vllm_llm", "hub"]
 
 
 def make(registry: Any, name: str, cache_root: Path | None = None, **options: Any) -> Any:
@@ -39,115 +39,8 @@ def images(n: int, size: int = 40) -> list[Image.Image]:
     return [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
 
 
-# -- tiny models --------------------------------------------------------------------------------
-def clip_tokenizer() -> Any:
-    """A character-level CLIP BPE tokenizer built without any download."""
-    from transformers import CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "!": 2}
-    for ch in LETTERS:
-        vocab[ch] = len(vocab)
-        vocab[ch + "</w>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
-
-
-def tiny_encoder(**extra: Any) -> dict[str, Any]:
-    return dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                **extra)
-
-
-@pytest.fixture(scope="module")
-def blip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-    from transformers import (BertTokenizer, BlipConfig, BlipForConditionalGeneration,
-                              BlipImageProcessor, BlipProcessor)
-
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", *LETTERS, "red", "cat", "sky"]
-    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(words)}, bos_token="[DEC]")
-    text = tiny_encoder(vocab_size=len(words), max_position_embeddings=64, bos_token_id=5,
-                        pad_token_id=0, sep_token_id=3, eos_token_id=3)
-    config = BlipConfig(text_config=text, vision_config=tiny_encoder(image_size=32, patch_size=8),
-                        projection_dim=32)
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-blip")
-    BlipForConditionalGeneration(config).save_pretrained(folder)
-    BlipProcessor(BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def blip2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-    from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Processor,
-                              BlipImageProcessor, GPT2Tokenizer)
-
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
-    for ch in LETTERS:
-        vocab[ch] = len(vocab)
-        vocab["\u0120" + ch] = len(vocab)  # byte-level BPE's word-start marker
-    tokenizer = GPT2Tokenizer(vocab=vocab, merges=[], bos_token="</s>", eos_token="</s>",
-                              pad_token="<pad>", unk_token="<unk>")
-    processor = Blip2Processor(BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer,
-                               num_query_tokens=4)
-    opt = dict(model_type="opt", vocab_size=len(tokenizer), hidden_size=32, ffn_dim=37,
-               num_hidden_layers=2, num_attention_heads=4, word_embed_proj_dim=32,
-               max_position_embeddings=64, bos_token_id=1, eos_token_id=1, pad_token_id=0)
-    config = Blip2Config(vision_config=tiny_encoder(image_size=32, patch_size=8),
-                         qformer_config=tiny_encoder(vocab_size=50, encoder_hidden_size=32),
-                         text_config=opt, num_query_tokens=4,
-                         image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-blip2")
-    Blip2ForConditionalGeneration(config).save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
-    text = tiny_encoder(vocab_size=3 + 2 * len(LETTERS), max_position_embeddings=77,
-                        bos_token_id=0, eos_token_id=1, pad_token_id=1)
-    config = CLIPConfig(text_config=text, vision_config=tiny_encoder(image_size=32, patch_size=8),
-                        projection_dim=16)
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-clip")
-    CLIPModel(config).save_pretrained(folder)
-    processor = CLIPProcessor(CLIPImageProcessor(size={"shortest_edge": 32},
-                                                 crop_size={"height": 32, "width": 32}),
-                              clip_tokenizer())
-    processor.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-    from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionPipeline,
-                           UNet2DConditionModel)
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(32, 64), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64),
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
-    text = CLIPTextModel(CLIPTextConfig(**tiny_encoder(
-        vocab_size=3 + 2 * len(LETTERS), max_position_embeddings=77, bos_token_id=0,
-        eos_token_id=1, pad_token_id=1)))
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=clip_tokenizer(),
-                                   unet=unet, scheduler=scheduler, safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
-    folder = tmp_path_factory.mktemp("tiny-sd")
-    pipe.save_pretrained(folder)
-    return folder
+# -- tiny models: the blip_dir, blip2_dir, clip_dir and sd_dir fixtures of tests/conftest.py
+# (written by dndbench.testing.tiny_hub_models) -----------------------------------------
 
 
 # -- import cost and registration ---------------------------------------------------------------
@@ -224,6 +117,16 @@ def test_blip2_captions(blip2_dir: Path, tmp_path: Path) -> None:
     assert backend.generation_kwargs()["min_new_tokens"] == 4
 
 
+@pytest.mark.parametrize("batch_size", [2, 5])
+def test_blip_batched_equals_one_at_a_time(blip_dir: Path, batch_size: int) -> None:
+    pics = images(5) + [im.rotate(90) for im in images(3, size=48)]
+    one = make(CAPTIONERS, "blip", None, path=str(blip_dir), max_new_tokens=6, batch_size=1)
+    batched = make(CAPTIONERS, "blip", None, path=str(blip_dir), max_new_tokens=6,
+                   batch_size=batch_size)
+    assert batched.caption(pics) == one.caption(pics)
+    assert one.config.precision == "fp16" and one.params()["dtype"] == "float32"  # CPU
+
+
 # -- vision-language model ----------------------------------------------------------------------
 def test_clip_embeddings(clip_dir: Path, tmp_path: Path) -> None:
     backend = make(VLMS, "clip_vitb16", tmp_path, path=str(clip_dir))
@@ -238,6 +141,16 @@ def test_clip_embeddings(clip_dir: Path, tmp_path: Path) -> None:
     again = make(VLMS, "clip_vitb16", tmp_path, path=str(clip_dir))
     np.testing.assert_array_equal(again.encode_texts(["sky"]), texts[1:2])
     assert again.computed == 0
+
+
+@pytest.mark.parametrize("batch_size", [2, 64])
+def test_clip_batched_equals_one_at_a_time(clip_dir: Path, batch_size: int) -> None:
+    pics, texts = images(5), ["a red cat", "sky", "a red car in the sky", "cat"]
+    one = make(VLMS, "clip_vitb16", None, path=str(clip_dir), batch_size=1)
+    batched = make(VLMS, "clip_vitb16", None, path=str(clip_dir), batch_size=batch_size)
+    np.testing.assert_allclose(batched.encode_images(pics), one.encode_images(pics), atol=1e-6)
+    np.testing.assert_allclose(batched.encode_texts(texts), one.encode_texts(texts), atol=1e-6)
+    assert one.config.precision == "fp16"  # half precision on a GPU
 
 
 # -- text to image ------------------------------------------------------------------------------
@@ -278,6 +191,94 @@ def test_sd_options_change_the_cache_key(sd_dir: Path, tmp_path: Path) -> None:
     assert other.computed == 1
 
 
+def test_sd_batched_across_prompts_equals_one_at_a_time(sd_dir: Path) -> None:
+    prompts = ["a red cat", "sky", "a dog"]
+    one = make(TEXT2IMAGE, "sd14", None, path=str(sd_dir), batch_size=1, **SD_OPTIONS)
+    batched = make(TEXT2IMAGE, "sd14", None, path=str(sd_dir), batch_size=6, **SD_OPTIONS)
+    a, b = pixels(batched.generate(prompts, 2)), pixels(one.generate(prompts, 2))
+    assert len(a) == len(b) == 6 and batched.computed == one.computed == 6
+    diffs = np.stack([np.abs(x - y) for x, y in zip(a, b)])
+    # the same images: CPU kernels are not bitwise batch-size invariant, so a pixel may differ by
+    # one 8-bit level where the float value sits on a rounding boundary
+    assert diffs.max() <= 1 and diffs.mean() < 0.05
+
+
+def test_sd_uses_scaled_dot_product_attention(sd_dir: Path) -> None:
+    from diffusers.models.attention_processor import AttnProcessor
+
+    from dndbench.backends.diffusers_t2i import attention_processors, use_sdpa
+
+    pipe = make(TEXT2IMAGE, "sd14", None, path=str(sd_dir), **SD_OPTIONS).model()
+    assert attention_processors(pipe) == {"AttnProcessor2_0"}
+    pipe.unet.set_attn_processor(AttnProcessor())  # an override that disables SDPA ...
+    assert attention_processors(pipe) == {"AttnProcessor", "AttnProcessor2_0"}
+    use_sdpa(pipe)  # ... is undone at load time
+    assert attention_processors(pipe) == {"AttnProcessor2_0"}
+
+
+def test_sd_few_step_presets(sd_dir: Path) -> None:
+    turbo, lcm = TEXT2IMAGE.config("sd_turbo"), TEXT2IMAGE.config("sd15_lcm")
+    assert 1 <= turbo.steps <= 4 and turbo.guidance == 0.0
+    assert (lcm.scheduler, lcm.steps, lcm.guidance) == ("lcm", 4, 1.0)
+    backend = make(TEXT2IMAGE, "sd15_lcm", None, path=str(sd_dir), height=32, width=32)
+    assert type(backend.model().scheduler).__name__ == "LCMScheduler"
+    out = backend.generate(["sky"], 2)
+    assert [im.size for im in out[0]] == [(32, 32), (32, 32)]
+
+
+@pytest.mark.parametrize("name,options,message", [
+    ("sd_turbo", {"steps": 8}, "steps must be 1-4"),
+    ("sd_turbo", {"guidance": 7.5}, "guidance must be 0"),
+    ("sd15_lcm", {"steps": 20}, "steps must be 1-8"),
+    ("sd14", {"steps": 0}, "steps must be >= 1"),
+    ("sd14", {"height": 500}, "multiples of 8"),
+    ("sd14", {"lora_path": "/no/such/lora.safetensors"}, "lora_path"),
+])
+def test_sd_options_out_of_range(name: str, options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as err:
+        make(TEXT2IMAGE, name, **options)
+    assert "\n" not in str(err.value)
+
+
+def test_sd_runtime_options_keep_the_cache_key(tmp_path: Path) -> None:
+    plain = make(TEXT2IMAGE, "sd14", tmp_path)
+    assert make(TEXT2IMAGE, "sd14", tmp_path, compile=True).key("generate", ("sky", 0, 0)) == \
+        plain.key("generate", ("sky", 0, 0))
+    assert "lora_path" not in plain.params() and "compile" not in plain.params()
+    lora = tmp_path / "lora.safetensors"
+    lora.write_bytes(b"")
+    with_lora = make(TEXT2IMAGE, "sd14", tmp_path, lora_path=str(lora))
+    assert with_lora.params()["lora_path"] == str(lora.resolve())
+    assert with_lora.key("generate", ("sky", 0, 0)) != plain.key("generate", ("sky", 0, 0))
+
+
+def test_sd_lora_failure_is_one_line(sd_dir: Path, tmp_path: Path) -> None:
+    lora = tmp_path / "lora.safetensors"
+    lora.write_bytes(b"not a safetensors file")
+    backend = make(TEXT2IMAGE, "sd14", None, path=str(sd_dir), lora_path=str(lora), **SD_OPTIONS)
+    with pytest.raises(BackendError, match="could not load the LoRA weights") as err:
+        backend.model()
+    assert "\n" not in str(err.value)
+
+
+def test_sd_compile_wraps_the_unet(sd_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    compiled: list[dict[str, Any]] = []
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: compiled.append(kw) or module)
+    pipe = make(TEXT2IMAGE, "sd14", None, path=str(sd_dir), compile=True, **SD_OPTIONS).model()
+    assert compiled == [{"mode": None, "fullgraph": False, "dynamic": False}]  # CPU: no graphs
+    assert pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.slow
+def test_sd_compiled_unet_gives_the_same_images(sd_dir: Path) -> None:
+    plain = make(TEXT2IMAGE, "sd14", None, path=str(sd_dir), **SD_OPTIONS).generate(["sky"], 2)
+    fast = make(TEXT2IMAGE, "sd14", None, path=str(sd_dir), compile=True,
+                **SD_OPTIONS).generate(["sky"], 2)
+    assert all(np.abs(a - b).max() <= 2 for a, b in zip(pixels(plain), pixels(fast)))
+
+
 def test_half_precision_on_cuda(sd_dir: Path, blip_dir: Path, clip_dir: Path, tmp_path: Path) -> None:
     import torch
 
@@ -307,7 +308,7 @@ def openai_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def openai_llm(server: FakeOpenAI, root: Path | None, **options: Any) -> Any:
-    return make(LLMS, "openai", root, base_url=server.base_url, backoff_s=0.01, **options)
+    return make(LLMS, "openai", root, base_url=server.base_url, **options)
 
 
 def test_openai_success_and_cache(openai_env: None, tmp_path: Path) -> None:
@@ -328,6 +329,33 @@ def test_openai_retries_rate_limit(openai_env: None) -> None:
     with FakeOpenAI(statuses=[429, 503]) as server:
         assert openai_llm(server, None).chat([CHAT]) == ["echo: " + CHAT[0]["content"]]
     assert len(server.requests) == 3
+    assert [r["retry_count"] for r in server.requests] == ["0", "1", "2"]
+
+
+def test_openai_fails_once_then_answers(openai_env: None) -> None:
+    with FakeOpenAI(statuses=[500]) as server:
+        assert openai_llm(server, None, max_retries=1).chat([CHAT]) == [
+            "echo: " + CHAT[0]["content"]]
+    assert len(server.requests) == 2
+
+
+def test_openai_retry_and_timeout_options_reach_the_client(openai_env: None) -> None:
+    with FakeOpenAI() as server:
+        client = openai_llm(server, None, max_retries=3, timeout_s=7.5).client()
+    assert client.max_retries == 3 and client.timeout == 7.5
+
+
+def test_openai_unreachable_server_is_one_line(openai_env: None) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    llm = make(LLMS, "openai", None, base_url=f"http://127.0.0.1:{port}/v1", max_retries=1)
+    with pytest.raises(BackendError) as err:
+        llm.chat([CHAT])
+    message = str(err.value)
+    assert "\n" not in message and "APIConnectionError" in message and "2 attempt" in message
 
 
 def test_openai_persistent_server_error(openai_env: None) -> None:
@@ -374,6 +402,63 @@ def test_openai_key_not_in_config_or_params(openai_env: None) -> None:
         assert KEY not in json.dumps(llm.params()) and KEY not in llm.model_id
 
 
+def test_openai_concurrent_calls_keep_order_and_limit(openai_env: None, tmp_path: Path) -> None:
+    import time
+
+    chats = [[{"role": "user", "content": f"question {i}"}] for i in range(12)]
+    with FakeOpenAI(delay_s=0.2) as server:
+        llm = openai_llm(server, tmp_path, max_concurrency=4)
+        start = time.perf_counter()
+        answers = llm.chat(chats)
+        seconds = time.perf_counter() - start
+    assert answers == [f"echo: question {i}" for i in range(12)]
+    assert server.max_in_flight == 4 and len(server.requests) == 12
+    assert seconds < 12 * 0.2 * 0.6  # three rounds of four, not twelve in a row
+    assert llm.tokens == 12 * 2 and llm.computed == 12
+
+
+def test_openai_sends_only_cache_misses(openai_env: None, tmp_path: Path) -> None:
+    chats = [[{"role": "user", "content": f"question {i}"}] for i in range(6)]
+    with FakeOpenAI() as server:
+        openai_llm(server, tmp_path).chat(chats[:3])
+        again = openai_llm(server, tmp_path, max_concurrency=3)
+        assert again.chat(chats) == [f"echo: question {i}" for i in range(6)]
+    sent = [r["body"]["messages"][0]["content"] for r in server.requests]
+    assert sorted(sent) == [f"question {i}" for i in range(6)] and again.computed == 3
+
+
+def test_openai_one_at_a_time_with_concurrency_one(openai_env: None) -> None:
+    chats = [[{"role": "user", "content": f"q{i}"}] for i in range(4)]
+    with FakeOpenAI(delay_s=0.05) as server:
+        assert openai_llm(server, None, max_concurrency=1).chat(chats) == [
+            f"echo: q{i}" for i in range(4)]
+    assert server.max_in_flight == 1
+    assert [r["body"]["messages"][0]["content"] for r in server.requests] == [
+        f"q{i}" for i in range(4)]
+
+
+def test_openai_failure_keeps_paid_answers_and_stops(openai_env: None, tmp_path: Path) -> None:
+    chats = [[{"role": "user", "content": f"q{i}"}] for i in range(4)]
+    with FakeOpenAI(statuses=[200, 401]) as server:
+        with pytest.raises(BackendError, match="HTTP 401") as err:
+            openai_llm(server, tmp_path, max_concurrency=1).chat(chats)
+        assert len(server.requests) == 2  # nothing new started after the failure
+        again = openai_llm(server, tmp_path)
+        assert again.chat(chats[:1]) == ["echo: q0"] and again.computed == 0
+    assert "\n" not in str(err.value)
+
+
+def test_openai_inside_a_running_event_loop(openai_env: None) -> None:
+    import asyncio
+
+    async def inside() -> list[str]:
+        return llm.chat([CHAT])
+
+    with FakeOpenAI() as server:
+        llm = openai_llm(server, None)
+        assert asyncio.run(inside()) == ["echo: " + CHAT[0]["content"]]
+
+
 # -- local LLMs ---------------------------------------------------------------------------------
 def test_smollm2_missing_package_message(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
@@ -399,3 +484,77 @@ def test_smollm2_answers_a_chat(tmp_path: Path) -> None:
     assert isinstance(answer, str) and answer.strip()
     again = make(LLMS, "smollm2", tmp_path, max_new_tokens=12)
     assert again.chat([chat]) == [answer] and again.computed == 0
+
+
+# -- vLLM (optional extra): the missing-package error and the plumbing, with a fake engine --------
+class FakeVLLM:
+    """A stand-in ``vllm`` module: ``LLM`` records its options and every ``chat`` call."""
+
+    def __init__(self) -> None:
+        self.engines: list[dict[str, Any]] = []
+        self.calls: list[tuple[list[Any], list[Any]]] = []
+        fake = self
+
+        class SamplingParams:
+            def __init__(self, **kwargs: Any) -> None:
+                self.kwargs = kwargs
+
+        class LLM:
+            def __init__(self, **kwargs: Any) -> None:
+                fake.engines.append(kwargs)
+
+            def chat(self, conversations: list[Any], sampling_params: list[Any],
+                     use_tqdm: bool = True) -> list[Any]:
+                fake.calls.append((conversations, sampling_params))
+                return [SimpleNamespace(outputs=[SimpleNamespace(
+                    text=f" answer to {c[-1]['content']} ")]) for c in conversations]
+
+        self.SamplingParams, self.LLM = SamplingParams, LLM
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeVLLM]:
+    from dndbench.backends import vllm_llm
+
+    fake = FakeVLLM()
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    vllm_llm.unload_engines()
+    yield fake
+    vllm_llm.unload_engines()
+
+
+def test_vllm_missing_package_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ModuleNotFoundError
+    llm = make(LLMS, "vllm")
+    with pytest.raises(BackendError, match=r"pip install 'dndbench\[vllm\]'") as err:
+        llm.chat([CHAT])
+    assert "\n" not in str(err.value)
+
+
+def test_vllm_batches_conversations_through_the_engine(fake_vllm: FakeVLLM, tmp_path: Path) -> None:
+    chats = [[{"role": "user", "content": f"q{i}"}] for i in range(3)]
+    llm = make(LLMS, "vllm", tmp_path, path=str(tmp_path), max_new_tokens=12)
+    assert llm.chat(chats + chats[:1]) == ["answer to q0", "answer to q1", "answer to q2",
+                                            "answer to q0"]
+    assert len(fake_vllm.calls) == 1 and fake_vllm.calls[0][0] == chats  # one batch, no repeats
+    assert [p.kwargs for p in fake_vllm.calls[0][1]] == [
+        {"temperature": 0.0, "max_tokens": 12}] * 3
+    assert fake_vllm.engines == [{"model": str(tmp_path), "dtype": "bfloat16", "seed": 0,
+                                  "gpu_memory_utilization": 0.85, "tensor_parallel_size": 1,
+                                  "max_model_len": 4096}]
+    again = make(LLMS, "vllm", tmp_path, path=str(tmp_path), max_new_tokens=12)
+    assert again.chat(chats) == ["answer to q0", "answer to q1", "answer to q2"]
+    assert again.computed == 0 and len(fake_vllm.calls) == 1 and len(fake_vllm.engines) == 1
+
+
+def test_vllm_sampling_is_seeded_per_conversation(fake_vllm: FakeVLLM) -> None:
+    chats = [[{"role": "user", "content": f"q{i}"}] for i in range(2)]
+    llm = make(LLMS, "vllm", temperature=0.7, top_p=0.9, seed=3, precision="fp16")
+    llm.chat(chats)
+    params = [p.kwargs for p in fake_vllm.calls[0][1]]
+    assert {p["temperature"] for p in params} == {0.7} and {p["top_p"] for p in params} == {0.9}
+    assert params[0]["seed"] != params[1]["seed"]
+    assert params[0]["seed"] == llm.sampling(chats[0])["seed"]  # the same in every process
+    assert fake_vllm.engines[0]["dtype"] == "float16"
+    assert llm.params() == {"dtype": "float16", "max_new_tokens": 64, "temperature": 0.7,
+                            "top_p": 0.9, "seed": 3}

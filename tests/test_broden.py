@@ -1,6 +1,7 @@
 """Tests of the Broden probe loader, its download command and the test fixture."""
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import shutil
@@ -73,7 +74,7 @@ def test_category_split_and_max_images_options(broden_root: Path) -> None:
     assert len(probe) == 5
     assert {c.category for c in probe.concepts()} == {"color", "scene"}
     assert probe.annotation(0).categories == {"color", "scene"}
-    assert len(make_probe(broden_root, split="val")) == 3
+    assert len(make_probe(broden_root, index_split="val")) == 3
     with pytest.raises(ConfigError, match="unknown categor"):
         make_probe(broden_root, categories=["colour"]).concepts()
     with pytest.raises(ConfigError):
@@ -197,3 +198,35 @@ def test_download_main_success(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert broden_download.main(["--dest", str(dest), "--quiet"]) == 0
     assert (dest / "broden1_224" / "index.csv").is_file()
     shutil.rmtree(dest)
+
+
+def test_download_checks_the_sha256(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    data = zipped_fixture(tmp_path)
+    good = hashlib.sha256(data).hexdigest()
+    corrupted = data[:-100] + bytes(100)  # the same length, damaged at the end
+    served = [corrupted]
+    monkeypatch.setattr(broden_download, "open_url", lambda url: FakeResponse(served[0]))
+    dest = tmp_path / "data"
+    with pytest.raises(DataError, match="corrupt or has changed") as err:
+        broden_download.download(dest, 224, progress=False, sha256=good)
+    message = str(err.value)
+    assert "\n" not in message and good in message
+    assert hashlib.sha256(corrupted).hexdigest() in message
+    assert os.listdir(dest) == []  # nothing of the bad download is kept
+    assert broden_download.main(["--dest", str(dest), "--quiet", "--sha256", good]) == 2
+    assert "error: download of" in capsys.readouterr().err and os.listdir(dest) == []
+    served[0] = data
+    assert broden_download.main(["--dest", str(dest), "--quiet", "--sha256", good.upper()]) == 0
+    assert len(make_probe(dest / "broden1_224")) == 3
+    assert sorted(os.listdir(dest)) == ["broden1_224"]
+
+
+@pytest.mark.parametrize("value", ["abc", "g" * 64, "0" * 63])
+def test_download_rejects_a_malformed_sha256(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             value: str) -> None:
+    fetched: list[str] = []
+    monkeypatch.setattr(broden_download, "open_url", lambda url: fetched.append(url))
+    with pytest.raises(ConfigError, match="64 hex digits"):
+        broden_download.download(tmp_path / "data", 224, progress=False, sha256=value)
+    assert fetched == []

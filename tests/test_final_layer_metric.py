@@ -81,7 +81,8 @@ def test_identical_strings_score_one(tmp_path):
 
 
 def test_swapped_labels_miss_top1(tmp_path):
-    scores = metric().score(descriptions({0: CLASSES[1], 1: CLASSES[0], 2: "great shark"}), make_ctx(tmp_path))
+    swapped = descriptions({0: CLASSES[1], 1: CLASSES[0], 2: "great shark"})
+    scores = metric().score(swapped, make_ctx(tmp_path))
     assert by_metric(scores, TOP1) == {0: 0.0, 1: 0.0, 2: 1.0}
     sims = by_metric(scores, SIMILARITY)
     assert sims[0] == pytest.approx(0.0, abs=0.2) and 0.5 < sims[2] < 1.0

@@ -1,13 +1,26 @@
-"""The plugin-author kit and the activation stage on the tiny model."""
+"""The plugin-author kit (its checks accept conforming components and reject broken ones)
+and the activation stage on the tiny model."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from dndbench.backends.base import BackendConfig, Captioner, VisionLanguageModel
+from dndbench.backends.call_cache import services
+from dndbench.cache import Cache
 from dndbench.describers.base import Describer, DescriberConfig, Description
-from dndbench.testing.kit import check_describer, tiny_context
+from dndbench.metrics.base import Metric, MetricConfig
+from dndbench.testing.kit import (
+    check_backend,
+    check_describer,
+    check_metric,
+    tiny_backends,
+    tiny_context,
+    tiny_descriptions,
+)
 
 
 class ArgmaxImage(Describer):
@@ -69,3 +82,133 @@ def test_a_new_context_on_the_same_cache_recomputes_nothing(tmp_path: Path) -> N
     second.activations.pooled("layer1")
     assert second.activations.images_forwarded == 0
     assert second.cache.hits == {"activations": 1}
+
+
+class OutsideUnits(ArgmaxImage):
+    def describe(self, ctx):
+        return super().describe(ctx) + [Description(unit=max(ctx.units) + 1, label="extra")]
+
+
+def test_check_describer_rejects_units_not_asked_for(tmp_path: Path) -> None:
+    with pytest.raises(AssertionError, match="only for the requested units"):
+        check_describer(OutsideUnits(DescriberConfig(name="outside")), tiny_context(tmp_path))
+
+
+# -- check_metric ---------------------------------------------------------------------------------
+class LabelLength(Metric):
+    """Two figures per described unit: the label's length and NaN (an undefined figure)."""
+
+    Config = MetricConfig
+
+    def score(self, descriptions, ctx):
+        units = descriptions["unit"].tolist()
+        return pd.DataFrame({"unit": units * 2, "metric": ["length"] * len(units) + ["nan"] * len(units),
+                             "value": [float(len(t)) for t in descriptions["label"]] + [np.nan] * len(units)})
+
+
+class Duplicated(LabelLength):
+    def score(self, descriptions, ctx):
+        return pd.concat([super().score(descriptions, ctx)] * 2)
+
+
+class Infinite(LabelLength):
+    def score(self, descriptions, ctx):
+        return super().score(descriptions, ctx).assign(value=np.inf)
+
+
+class Undescribed(LabelLength):
+    def score(self, descriptions, ctx):
+        scores = super().score(descriptions, ctx)
+        return scores.assign(unit=scores["unit"] + 100)
+
+
+class WrongColumns(LabelLength):
+    def score(self, descriptions, ctx):
+        return super().score(descriptions, ctx).rename(columns={"value": "score"})
+
+
+class Drifting(LabelLength):
+    calls = 0
+
+    def score(self, descriptions, ctx):
+        Drifting.calls += 1
+        return super().score(descriptions, ctx).assign(value=float(Drifting.calls))
+
+
+def test_check_metric_accepts_a_conforming_metric_with_nan(tmp_path: Path) -> None:
+    ctx = tiny_context(tmp_path)
+    descriptions = tiny_descriptions(ctx)
+    scores = check_metric(LabelLength(MetricConfig(name="length")), descriptions, ctx)
+    assert len(scores) == 2 * len(ctx.units) and scores["value"].isna().sum() == len(ctx.units)
+    assert list(descriptions["label"]) == ["red", "blue", "blue", "red"]  # even units: own class
+
+
+@pytest.mark.parametrize("metric, message", [
+    (Duplicated, "one row per"), (Infinite, "finite"), (Undescribed, "described units"),
+    (WrongColumns, "columns unit, metric, value"), (Drifting, "twice"),
+], ids=["duplicated", "infinite", "undescribed", "wrong_columns", "drifting"])
+def test_check_metric_rejects(metric: type, message: str, tmp_path: Path) -> None:
+    ctx = tiny_context(tmp_path)
+    with pytest.raises(AssertionError, match=message):
+        check_metric(metric(MetricConfig(name="bad")), tiny_descriptions(ctx), ctx)
+
+
+# -- check_backend --------------------------------------------------------------------------------
+class SizeCaptioner(Captioner):
+    """Captions an image with its size (a conforming captioner)."""
+
+    def _caption_batch(self, images):
+        return [f"an image of {im.size[0]} pixels" for im in images]
+
+
+class Uncached(SizeCaptioner):
+    def caption(self, images):  # bypasses Backend.cached: computes every time, counts nothing
+        return self._caption_batch(list(images))
+
+
+class Recomputing(SizeCaptioner):
+    def caption(self, images):  # computes again on every call
+        self.computed += len(images)
+        return self._caption_batch(list(images))
+
+
+class Unnormalised(VisionLanguageModel):
+    def _encode_images(self, images):
+        return np.ones((len(images), 3), np.float32)
+
+    def _encode_texts(self, texts):
+        return np.ones((len(texts), 3), np.float32)
+
+
+def make_backend(cls: type, tmp_path: Path):
+    return cls(BackendConfig(name="kit-test", device="cpu"), **services(Cache(tmp_path)))
+
+
+def test_check_backend_accepts_a_conforming_captioner(tmp_path: Path) -> None:
+    backend = make_backend(SizeCaptioner, tmp_path)
+    assert check_backend(backend) == ["an image of 32 pixels"] * 3
+    assert backend.computed == 3
+
+
+@pytest.mark.parametrize("cls, message", [
+    (Uncached, "compute its inputs through Backend.cached"),
+    (Recomputing, "served from the call cache"),
+    (Unnormalised, "L2-normalised"),
+], ids=["uncached", "recomputing", "unnormalised"])
+def test_check_backend_rejects(cls: type, message: str, tmp_path: Path) -> None:
+    with pytest.raises(AssertionError, match=message):
+        check_backend(make_backend(cls, tmp_path))
+
+
+def test_check_backend_needs_a_call_cache() -> None:
+    with pytest.raises(AssertionError, match="services"):
+        check_backend(SizeCaptioner(BackendConfig(name="kit-test", device="cpu")))
+
+
+def test_tiny_backends_cover_every_backend_kind_offline() -> None:
+    from dndbench.catalog import BACKEND_KINDS
+
+    configs = tiny_backends()
+    assert set(configs) == set(BACKEND_KINDS)
+    assert all(c.device == "cpu" for c in configs.values())
+    assert configs["embedder"].name == "kit_words" and configs["llm"].name == "keyword"

@@ -31,16 +31,27 @@ def test_bootstrap_interval_contains_mean_and_shrinks_with_n() -> None:
 
 
 def test_sweep_directory_merges_into_one_table(tmp_path: Path) -> None:
+    # six paired units: the fewest at which a two-sided exact Wilcoxon test can reach p < 0.05
     write_scores(tmp_path / "sweep" / "0", "dnd(beta=1)", [0.9] * 8 + [0.8] * 2, 10)
-    write_scores(tmp_path / "sweep" / "1", "dnd(beta=5)", [0.2, 0.3, 0.1, 0.2, 0.25], 10)
+    write_scores(tmp_path / "sweep" / "1", "dnd(beta=5)", [0.2, 0.3, 0.1, 0.2, 0.25, 0.15], 10)
     table = leaderboard(load_scores([tmp_path / "sweep"]))
     assert list(table.setting) == ["dnd(beta=1)", "dnd(beta=5)"]
     best, other = table.iloc[0], table.iloc[1]
     assert best.vs_best == "best" and other.vs_best == "<"
-    assert best.coverage == 1.0 and other.coverage == 0.5 and other.n == 5
+    assert other.p_vs_best == pytest.approx(2 / 2**6)
+    assert best.coverage == 1.0 and other.coverage == 0.6 and other.n == 6
     assert best["mean"] == pytest.approx(0.88)
     md = to_markdown(table)
     assert "| 1 | dnd(beta=1) | 0.880 |" in md
+
+
+def test_five_paired_units_cannot_be_significant(tmp_path: Path) -> None:
+    """Exact two-sided Wilcoxon at n = 5: the smallest p is 2 / 2**5 = 0.0625, so ``=``."""
+    write_scores(tmp_path / "0", "dnd(beta=1)", [0.9] * 8 + [0.8] * 2, 10)
+    write_scores(tmp_path / "1", "dnd(beta=5)", [0.2, 0.3, 0.1, 0.2, 0.25], 10)
+    other = leaderboard(load_scores([tmp_path])).iloc[1]
+    assert other.vs_best == "=" and other.p_vs_best == pytest.approx(0.0625)
+    assert other.coverage == 0.5 and other.n == 5
 
 
 def test_cli_writes_markdown_and_csv(tmp_path: Path) -> None:
@@ -50,6 +61,10 @@ def test_cli_writes_markdown_and_csv(tmp_path: Path) -> None:
     csv = pd.read_csv(tmp_path / "lb.csv")
     assert set(csv.setting) == {"netdissect", "clip_dissect"}
     assert (tmp_path / "lb.md").read_text().count("|") > 10
+    assert (tmp_path / "lb.png").stat().st_size > 0
+    pairs = pd.read_csv(tmp_path / "lb_pairs.csv")
+    assert len(pairs) == 1 and {"setting_a", "setting_b", "p", "p_holm"} <= set(pairs.columns)
+    assert (tmp_path / "lb_metric_agreement.csv").is_file()
 
 
 def test_no_scores_is_a_clear_error(tmp_path: Path) -> None:

@@ -9,15 +9,19 @@ import torch
 
 from dndbench.cache import Cache
 from dndbench.describers.base import DESCRIBERS
-from dndbench.errors import ConfigError
-from dndbench.describers.milan.annotations import (concept_in_text, describe_concept, load_milannotations,
-                                        plural)
+from dndbench.describers.milan.annotations import (
+    concept_in_text,
+    describe_concept,
+    load_milannotations,
+    plural,
+)
 from dndbench.describers.milan.checkpoint import from_released, load_any, to_released
 from dndbench.describers.milan.decoding import beam_search, decode, greedy, rerank
 from dndbench.describers.milan.exemplars import compute_exemplars, top_images
 from dndbench.describers.milan.model import Decoder, EncoderSpec, LanguageModel, Milan, Sizes
 from dndbench.describers.milan.text import Vocab, tokenize
 from dndbench.describers.milan.training import FitConfig, bleu1, train_on_units
+from dndbench.errors import ConfigError
 from dndbench.testing.kit import check_describer, tiny_context
 from dndbench.testing.milan_fixture import make_milannotations
 

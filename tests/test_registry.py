@@ -5,9 +5,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from dndbench.registry import registries
+from dndbench.catalog import KINDS
 from dndbench.errors import ConfigError, UnknownComponentError
-from dndbench.registry import ComponentConfig, Registry, registration_origin
+from dndbench.registry import ComponentConfig, Registry, registration_origin, registries
 
 
 class Widget:
@@ -76,11 +76,21 @@ def test_same_name_twice_is_an_error() -> None:
         reg.register("small_widget")(Clash)
 
 
-@pytest.mark.parametrize("kind", ["model", "probe", "describer", "metric"])
-def test_builtin_registries_load_and_every_config_has_defaults(kind: str) -> None:
+def builtin_components() -> list[tuple[str, str]]:
+    """(kind, name) of every component the package registers (not test modules' fakes)."""
+    return [(kind, e.name) for kind, registry in registries().items() for e in registry.entries()
+            if e.cls.__module__.startswith("dndbench.")]
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_builtin_registries_load(kind: str) -> None:
+    assert registries()[kind].names(), f"no built-in {kind}"
+
+
+@pytest.mark.parametrize("kind, name", builtin_components(),
+                         ids=[f"{k}-{n}" for k, n in builtin_components()])
+def test_every_builtin_config_has_defaults(kind: str, name: str) -> None:
     registry = registries()[kind]
-    assert registry.names(), f"no built-in {kind}"
-    for entry in registry.entries():
-        config = registry.config(entry.name)
-        assert config.name == entry.name
-        assert entry.origin == "builtin"
+    config = registry.config(name)
+    assert config.name == name and isinstance(config, registry.entry(name).config_class)
+    assert registry.entry(name).origin == "builtin"

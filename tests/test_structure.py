@@ -17,12 +17,16 @@ LOWER = {
     "registry": {"errors", "catalog"},
     "cache": {"errors"},
     "hooks": {"errors"},
+    "downloads": {"errors"},
     "activations": {"cache", "errors", "hooks"},
     "neurons": {"cache", "errors"},
-    "models": {"cache", "errors", "registry", "catalog", "hooks"},
-    "probes": {"cache", "errors", "registry", "catalog"},
+    "geometry": set(),
+    "models": {"cache", "errors", "registry", "catalog", "hooks", "downloads", "geometry"},
+    "probes": {"cache", "errors", "registry", "catalog", "downloads"},
     "backends": {"activations", "cache", "errors", "registry", "catalog", "hooks"},
     "context": {"activations", "backends", "cache", "errors", "registry", "catalog"},
+    "image_activations": {"activations", "backends", "cache", "errors", "registry", "catalog",
+                          "hooks"},
 }
 
 
@@ -136,7 +140,7 @@ def test_lower_layers_import_only_lower_layers(part: str) -> None:
 
 
 def test_no_two_package_files_share_a_name_unless_same_role() -> None:
-    same_role = {"__init__.py", "base.py"}  # package markers and each kind's interface
+    same_role = {"__init__.py", "base.py", "config.py"}  # package markers, interfaces, method configs
     seen: dict[str, list[str]] = defaultdict(list)
     for path in PACKAGE.rglob("*.py"):
         if path.name not in same_role:

@@ -10,10 +10,18 @@ import pytest
 from dndbench.backends.base import CAPTIONERS, LLMS, TEXT2IMAGE, VLMS
 from dndbench.backends.call_cache import CallCache
 from dndbench.cache import Cache
-from dndbench.toyworld.captions import (TEMPLATES, UNK, caption, canonical_caption, mentioned,
-                                        random_caption, tokenize, vocabulary)
-from dndbench.toyworld.world import CATEGORIES, concepts_from_text, sample_scene
+from dndbench.toyworld.captions import (
+    TEMPLATES,
+    UNK,
+    canonical_caption,
+    caption,
+    mentioned,
+    random_caption,
+    tokenize,
+    vocabulary,
+)
 from dndbench.toyworld.render import render_image
+from dndbench.toyworld.world import CATEGORIES, concepts_from_text, sample_scene
 
 TINY = dict(train_images=256, epochs=1)
 

@@ -10,10 +10,21 @@ import pytest
 
 from dndbench.cache import Cache
 from dndbench.probes.base import PROBES, Annotation
-from dndbench.toyworld.world import (CATEGORIES, COLOURS, SCENES, SHAPES, TEXTURES, SceneSpec,
-                                        all_concepts, concept_id, concepts_from_text,
-                                        sample_scene, spec_from_text, with_main)
 from dndbench.toyworld.render import annotate, concept_mask, generate, render, toy_image
+from dndbench.toyworld.world import (
+    CATEGORIES,
+    COLOURS,
+    SCENES,
+    SHAPES,
+    TEXTURES,
+    SceneSpec,
+    all_concepts,
+    concept_id,
+    concepts_from_text,
+    sample_scene,
+    spec_from_text,
+    with_main,
+)
 
 
 # -- concepts and images ---------------------------------------------------------------------

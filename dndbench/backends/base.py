@@ -13,15 +13,23 @@ import io
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Generic, Sequence, TypeVar
 
 from dndbench.backends.call_cache import CallCache, call_key
-from dndbench.cache import Cache, default_cache_dir
-from dndbench.registry import ComponentConfig, Registry
+from dndbench.cache import default_cache_dir
+from dndbench.registry import Choice, ComponentConfig, Registry
 
 if TYPE_CHECKING:
     import numpy as np
     from PIL import Image
+
+
+class Precision(Choice):
+    """Floating-point precision of a backend's weights."""
+
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
 
 
 @dataclass
@@ -30,20 +38,24 @@ class BackendConfig(ComponentConfig):
     (``fp32``, ``fp16``, ``bf16``; half precision only takes effect on a GPU)."""
 
     device: str = "auto"
-    precision: str = "fp32"
+    precision: Precision = Precision.fp32
     batch_size: int = 16
 
 
-class Backend(ABC):
-    """Base class of the expensive foundation-model wrappers."""
+C = TypeVar("C", bound=BackendConfig)
 
-    Config = BackendConfig
+
+class Backend(ABC, Generic[C]):
+    """Base class of the expensive foundation-model wrappers; ``Backend[MyConfig]`` (or a kind:
+    ``Captioner[MyConfig]``) with ``Config = MyConfig`` types ``self.config``."""
+
+    Config: type[BackendConfig] = BackendConfig
     #: bump when a change alters outputs: part of every call-cache key
     version: str = "1"
 
-    def __init__(self, config: BackendConfig, call_cache: CallCache | None = None,
+    def __init__(self, config: C, call_cache: CallCache | None = None,
                  cache_dir: Path | str | None = None) -> None:
-        self.config = config
+        self.config: C = config
         self.call_cache = call_cache
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         #: inputs actually computed (call-cache misses), for run records and benchmarks
@@ -119,7 +131,7 @@ def png_image(data: bytes) -> "Image.Image":
 
 
 # -- the interface of each kind ----------------------------------------------------------------
-class Captioner(Backend):
+class Captioner(Backend[C]):
     """Image -> caption."""
 
     def caption(self, images: Sequence["Image.Image"]) -> list[str]:
@@ -135,7 +147,7 @@ class Captioner(Backend):
 Messages = list[dict[str, str]]
 
 
-class LLM(Backend):
+class LLM(Backend[C]):
     """Chat model: conversation -> answer text."""
 
     def chat(self, conversations: Sequence[Messages]) -> list[str]:
@@ -146,7 +158,7 @@ class LLM(Backend):
     def _chat_batch(self, conversations: list[Messages]) -> list[str]: ...
 
 
-class TextToImage(Backend):
+class TextToImage(Backend[C]):
     """Prompt -> images.  Image ``i`` of a prompt depends only on (prompt, seed, i), so asking
     for Q' <= Q images returns the first Q' of the Q images (sweeps over Q share work)."""
 
@@ -162,7 +174,7 @@ class TextToImage(Backend):
         """PNG bytes of image ``i`` of ``prompt`` under ``seed`` for each (prompt, seed, i)."""
 
 
-class VisionLanguageModel(Backend):
+class VisionLanguageModel(Backend[C]):
     """A CLIP-like dual encoder: images and texts into one L2-normalised space."""
 
     def encode_images(self, images: Sequence["Image.Image"]) -> "np.ndarray":
@@ -186,7 +198,7 @@ class VisionLanguageModel(Backend):
     def _encode_texts(self, texts: list[str]) -> "np.ndarray": ...
 
 
-CAPTIONERS: Registry[Captioner] = Registry("captioner")
-LLMS: Registry[LLM] = Registry("llm")
-TEXT2IMAGE: Registry[TextToImage] = Registry("text2image")
-VLMS: Registry[VisionLanguageModel] = Registry("vlm")
+CAPTIONERS: Registry[Captioner[Any]] = Registry("captioner")
+LLMS: Registry[LLM[Any]] = Registry("llm")
+TEXT2IMAGE: Registry[TextToImage[Any]] = Registry("text2image")
+VLMS: Registry[VisionLanguageModel[Any]] = Registry("vlm")

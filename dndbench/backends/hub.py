@@ -12,14 +12,15 @@ import hashlib
 from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dndbench.backends.base import Backend, BackendConfig
-from dndbench.errors import BackendError, ConfigError, DndbenchError
+from dndbench.errors import BackendError, DndbenchError
 
 #: loaded models of this process: (class, source, model id, device, dtype) -> model
-_LOADED: dict[tuple[type, str, str, str, str], Any] = {}
+_LOADED: dict[tuple[Any, ...], Any] = {}
 
+#: ``precision`` option (:class:`~dndbench.backends.base.Precision`) -> torch dtype name
 _DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
@@ -31,10 +32,13 @@ class HubConfig(BackendConfig):
     path: str = ""
 
 
-class HubBackend(Backend):
+C = TypeVar("C", bound=HubConfig)
+
+
+class HubBackend(Backend[C]):
     """A backend whose weights come from the Hugging Face hub or a local folder."""
 
-    Config = HubConfig
+    Config: type[BackendConfig] = HubConfig
     #: what the model is, for error messages ("captioner", "text-to-image pipeline", ...)
     kind_label = "model"
 
@@ -51,10 +55,7 @@ class HubBackend(Backend):
     @property
     def dtype_name(self) -> str:
         """Effective torch dtype name: half precision only on CUDA, float32 elsewhere."""
-        precision = self.config.precision
-        if precision not in _DTYPES:
-            raise ConfigError(f"precision must be one of {sorted(_DTYPES)}, got {precision!r}")
-        return _DTYPES[precision] if self.device.startswith("cuda") else "float32"
+        return _DTYPES[self.config.precision] if self.device.startswith("cuda") else "float32"
 
     @property
     def torch_dtype(self) -> Any:
@@ -75,10 +76,17 @@ class HubBackend(Backend):
     def _load_model(self, source: str, local_only: bool) -> Any:
         """Load the model from ``source``; with ``local_only`` nothing is downloaded."""
 
+    def load_options(self) -> tuple[Any, ...]:
+        """Options applied while loading (besides weights, device and dtype) that make a loaded
+        model differ, e.g. a scheduler or fused LoRA weights; part of the key of shared models."""
+        return ()
+
     def model(self) -> Any:
-        """The loaded model, shared by instances with the same weights, device and dtype."""
+        """The loaded model, shared by instances with the same weights, device, dtype and
+        :meth:`load_options`."""
         source = self.source()
-        key = (type(self), source, self.model_id, self.device, self.dtype_name)
+        key = (type(self), source, self.model_id, self.device, self.dtype_name,
+               *self.load_options())
         if key not in _LOADED:
             _LOADED[key] = load_offline_first(self._load_model, source, self._failure)
         return _LOADED[key]

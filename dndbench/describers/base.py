@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from dndbench.registry import ComponentConfig, Registry
+from dndbench.registry import Choice, ComponentConfig, Registry
 
 if TYPE_CHECKING:
     from dndbench.context import Context
@@ -14,6 +14,18 @@ if TYPE_CHECKING:
 @dataclass
 class DescriberConfig(ComponentConfig):
     """Options every describer has."""
+
+
+C = TypeVar("C", bound=DescriberConfig)
+
+
+class Pooling(Choice):
+    """How a unit's activation map becomes one number per image (:meth:`PooledActivations.get
+    <dndbench.activations.PooledActivations.get>`)."""
+
+    mean = "mean"
+    max = "max"
+    min = "min"
 
 
 @dataclass
@@ -29,25 +41,37 @@ class Description:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-class Describer(ABC):
-    """Base class: subclass it, give it a nested ``Config`` dataclass and register it.
+class Describer(ABC, Generic[C]):
+    """Base class: subclass it, give it a ``Config`` dataclass and register it.
+
+    Built-ins write ``class NetDissect(Describer[NetDissectConfig])`` with ``Config =
+    NetDissectConfig``, so ``self.config`` has the method's own config type; a nested ``Config``
+    class works as well.
 
     Class attributes declare what the method needs, so a run loads only that:
     ``needs_weights`` (trained target weights), ``needs_probe`` (probe images / activations).
-    ``in_default_suite`` puts it in the default job (``describer=all``).
+    ``in_default_suite`` puts it in the default job (``describer=all``); ``role`` says what its
+    rows are in tables: ``method``, ``control`` (a floor, e.g. a constant label) or ``reference``
+    (the ground truth, a ceiling).
     Bump ``version`` when a change alters results: it is part of the cache key.
     """
 
-    Config = DescriberConfig
+    Config: type[DescriberConfig] = DescriberConfig
     needs_weights: bool = True
     needs_probe: bool = True
     in_default_suite: bool = True
+    role: str = "method"
     version: str = "1"
     #: backend kinds the method calls (``captioner``, ``llm``, ...): their configs join the cache key
     uses_backends: tuple[str, ...] = ()
 
-    def __init__(self, config: DescriberConfig) -> None:
-        self.config = config
+    def __init__(self, config: C) -> None:
+        self.config: C = config
+
+    def applies_to(self, ctx: "Context") -> bool:
+        """Whether the method can describe units of this context; the default suite
+        (``describer=all``) skips a describer where it does not apply."""
+        return True
 
     @abstractmethod
     def describe(self, ctx: "Context") -> list[Description]:
@@ -66,4 +90,4 @@ class Describer(ABC):
         return tuple(parts)
 
 
-DESCRIBERS: Registry[Describer] = Registry("describer")
+DESCRIBERS: Registry[Describer[Any]] = Registry("describer")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from dndbench.describers.base import DESCRIBERS, Describer, DescriberConfig, Description
+from dndbench.describers.base import DESCRIBERS, Describer, DescriberConfig, Description, Pooling
 
 if TYPE_CHECKING:
     from dndbench.context import Context
@@ -37,14 +37,19 @@ def most_frequent_word(captions: Sequence[str]) -> tuple[str, int]:
     return next(w for w in words if counts[w] == best), best
 
 
+@dataclass
+class CaptionWordConfig(DescriberConfig):
+    """``k`` top images per unit, ranked by their ``pooling`` of the unit's map."""
+
+    k: int = 10
+    pooling: Pooling = Pooling.mean
+
+
 @DESCRIBERS.register("caption_word")
-class CaptionWordDescriber(Describer):
+class CaptionWordDescriber(Describer[CaptionWordConfig]):
     """Baseline: the most frequent content word among the captions of the unit's top images."""
 
-    @dataclass
-    class Config(DescriberConfig):
-        k: int = 10
-        pooling: str = "mean"
+    Config = CaptionWordConfig
 
     uses_backends = ("captioner",)
     in_default_suite = True

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from dndbench.describers.base import DESCRIBERS, Describer, DescriberConfig, Description
 from dndbench.errors import ConfigError, DataError
+from dndbench.registry import Choice
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -28,12 +29,27 @@ log = logging.getLogger(__name__)
 
 #: columns of the table :func:`read_published` returns
 COLUMNS = ["unit", "label", "label_2", "label_3", "score", "category"]
-_BRODEN_SUFFIX = re.compile(r"-[cs]$")
+_SCENE_SUFFIX = re.compile(r"-s$")
+
+
+class PublishedFormat(Choice):
+    """The layouts of released description files (see the module docstring)."""
+
+    dnd = "dnd"
+    clip_dissect = "clip_dissect"
+    milan = "milan"
+    netdissect = "netdissect"
 
 
 def clean_broden_label(label: str) -> str:
-    """``blue-c`` -> ``blue``, ``mountain_snowy-s`` -> ``mountain snowy`` (Broden colour/scene suffixes)."""
-    return _BRODEN_SUFFIX.sub("", label.strip()).replace("_", " ").strip()
+    """A Broden label name as the cleaned Broden concept list released with CLIP-Dissect
+    (Oikarinen & Weng, 2023) and used by DnD spells it: the scene suffix ``-s`` dropped and
+    ``_`` -> space; the colour suffix ``-c`` and inner hyphens stay (``mountain_snowy-s`` ->
+    ``mountain snowy``, ``wine_cellar-bottle_storage-s`` -> ``wine cellar-bottle storage``,
+    ``blue-c`` -> ``blue-c``).  The one cleaner of the project: Network Dissection's labels,
+    released NetDissect tallies and CLIP-Dissect's Broden concept set all use it
+    (``docs/real_track.md``)."""
+    return _SCENE_SUFFIX.sub("", label.strip()).replace("_", " ").strip()
 
 
 def _text(value: Any) -> str:
@@ -137,24 +153,29 @@ def file_digest(path: Path | str) -> str:
     return digest.hexdigest()
 
 
+@dataclass
+class PublishedConfig(DescriberConfig):
+    """``path``: the CSV; ``format``: its layout; ``layer``: the rows to read from a file of
+    several layers (default: the run's layer); ``clean_labels``: readable Broden names."""
+
+    path: str = ""
+    format: PublishedFormat = PublishedFormat.dnd
+    layer: str = ""
+    clean_labels: bool = True
+
+
 @DESCRIBERS.register("published")
-class PublishedDescriber(Describer):
+class PublishedDescriber(Describer[PublishedConfig]):
     """Descriptions released by a paper's authors (DnD, CLIP-Dissect, MILAN, NetDissect CSVs)."""
 
-    @dataclass
-    class Config(DescriberConfig):
-        path: str = ""
-        format: str = "dnd"
-        layer: str = ""
-        clean_labels: bool = True
+    Config = PublishedConfig
 
     needs_weights = False
     needs_probe = False
     in_default_suite = False
 
-    def __init__(self, config: "PublishedDescriber.Config") -> None:
+    def __init__(self, config: PublishedConfig) -> None:
         super().__init__(config)
-        check_format(config.format)
         if not config.path:
             raise ConfigError("describer 'published' needs `path`: the CSV of released descriptions "
                               "(e.g. describer.path=.../resnet50_imagenet_broden_fc.csv)")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from dndbench.registry import ComponentConfig, Registry
 
@@ -18,19 +18,23 @@ class MetricConfig(ComponentConfig):
     """Options every metric has."""
 
 
-class Metric(ABC):
+C = TypeVar("C", bound=MetricConfig)
+
+
+class Metric(ABC, Generic[C]):
     """Base class of metrics.
 
     :meth:`score` gets the descriptions table of one describer (columns ``unit``, ``label``,
     ``label_2``, ``label_3``, ``score``, ...) and returns a tidy table with columns
     ``unit``, ``metric``, ``value`` (one metric may emit several named figures).
+    ``Metric[MyConfig]`` with ``Config = MyConfig`` types ``self.config``.
     """
 
-    Config = MetricConfig
+    Config: type[MetricConfig] = MetricConfig
     version: str = "1"
 
-    def __init__(self, config: MetricConfig) -> None:
-        self.config = config
+    def __init__(self, config: C) -> None:
+        self.config: C = config
 
     def applies_to(self, ctx: "Context") -> bool:
         """Whether the metric can score units of this context (used by ``metric=all``)."""
@@ -41,4 +45,4 @@ class Metric(ABC):
         """Per-unit scores: columns ``unit``, ``metric``, ``value``."""
 
 
-METRICS: Registry[Metric] = Registry("metric")
+METRICS: Registry[Metric[Any]] = Registry("metric")

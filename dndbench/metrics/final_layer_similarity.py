@@ -40,7 +40,7 @@ def read_class_names(path: Path | str) -> list[str]:
 
 
 def similarity_and_top1(labels: list[str], units: "np.ndarray", class_names: list[str],
-                        embedder: Embedder) -> tuple["np.ndarray", "np.ndarray"]:
+                        embedder: Embedder[Any]) -> tuple["np.ndarray", "np.ndarray"]:
     """Cosine of each label with its unit's class string, and whether that class is the nearest."""
     import numpy as np
 
@@ -51,21 +51,27 @@ def similarity_and_top1(labels: list[str], units: "np.ndarray", class_names: lis
     return own, (own >= sims.max(axis=1) - 1e-6).astype(np.float64)
 
 
+@dataclass
+class FinalLayerSimilarityConfig(MetricConfig):
+    """``embedder``: a registered embedder; ``class_names``: a file with one class per line
+    (empty: the model's own class names)."""
+
+    embedder: str = "minilm"
+    class_names: str = ""
+    #: local model folder for the embedder (needed offline for ``clip``)
+    embedder_path: str = ""
+
+
 @METRICS.register("final_layer_similarity")
-class FinalLayerSimilarity(Metric):
+class FinalLayerSimilarity(Metric[FinalLayerSimilarityConfig]):
     """Text similarity of final-layer descriptions to the units' class names, plus top-1 accuracy."""
 
-    @dataclass
-    class Config(MetricConfig):
-        embedder: str = "minilm"
-        class_names: str = ""
-        #: local model folder for the embedder (needed offline for ``clip``)
-        embedder_path: str = ""
+    Config = FinalLayerSimilarityConfig
 
-    def __init__(self, config: "FinalLayerSimilarity.Config") -> None:
+    def __init__(self, config: FinalLayerSimilarityConfig) -> None:
         super().__init__(config)
         EMBEDDERS.entry(config.embedder)  # unknown names fail here, with suggestions
-        self._embedders: dict[tuple[str, str], Embedder] = {}
+        self._embedders: dict[tuple[str, str], Embedder[Any]] = {}
 
     def class_names(self, ctx: "Context") -> list[str]:
         """The class strings: from the ``class_names`` file, else from the model."""
@@ -81,7 +87,7 @@ class FinalLayerSimilarity(Metric):
     def applies_to(self, ctx: "Context") -> bool:
         return ctx.is_final_layer and (bool(self.config.class_names) or ctx.model.class_names() is not None)
 
-    def embedder(self, ctx: "Context") -> Embedder:
+    def embedder(self, ctx: "Context") -> Embedder[Any]:
         """The configured embedder, with its call cache under the run's cache."""
         key = (str(ctx.cache.root), ctx.device)
         if key not in self._embedders:

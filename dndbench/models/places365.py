@@ -3,21 +3,27 @@
 The CSAIL checkpoint is a ``{"state_dict": ...}`` dict saved from ``torch.nn.DataParallel``
 (every key starts with ``module.``); it is converted on load into
 ``torchvision.models.resnet18(num_classes=365)``.  Checkpoint and class list are given as URLs
-(downloaded once into the cache) or local paths.
+(downloaded once into the cache) or local paths; a URL written ``URL#sha256=<hex>`` is checked
+against that SHA-256 (:func:`dndbench.downloads.download`; CSAIL publishes no checksum, so the
+default URLs are not pinned).
 """
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 from urllib.parse import urlparse
 
-from dndbench.cache import Cache, atomic_path, stable_hash
+from dndbench.cache import Cache, stable_hash
+from dndbench.downloads import download, split_pinned
 from dndbench.errors import BackendError, DataError
 from dndbench.models.base import MODELS, ModelConfig, TargetModel
-from dndbench.models.torchvision_models import (file_stamp, imagenet_transform, load_into,
-                                                 load_state_dict_file)
+from dndbench.models.torchvision_models import (
+    file_stamp,
+    imagenet_transform,
+    load_into,
+    load_state_dict_file,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -51,18 +57,16 @@ def fetch(source: str, cache: Cache, option: str) -> Path:
         return path
     with cache.lock(path):
         if not path.exists():
-            _download(source, path, f"{option}=/path/to/{name}")
+            _download(source, path, option, f"{option}=/path/to/{name}")
     return path
 
 
-def _download(url: str, path: Path, fix: str) -> None:
-    """Copy ``url`` to ``path`` atomically; one-line BackendError (ending in ``fix``) on failure."""
-    import urllib.request
-
+def _download(source: str, path: Path, option: str, fix: str) -> None:
+    """Copy ``source`` (``URL#sha256=<hex>`` pins its checksum) to ``path`` atomically; a
+    one-line BackendError (ending in ``fix``) when it fails, a DataError when the checksum differs."""
+    url, sha256 = split_pinned(source, option)
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, atomic_path(path) as tmp:
-            with open(tmp, "wb") as out:
-                shutil.copyfileobj(response, out, length=1 << 20)
+        download(url, path, sha256=sha256, fix=f"download the file yourself and set {fix}")
     except OSError as exc:  # URLError, HTTPError, timeouts
         reason = getattr(exc, "reason", None) or exc
         raise BackendError(f"could not download {url} ({reason}); connect to the internet, or "
@@ -95,23 +99,26 @@ def parse_categories(text: str, source: str) -> list[str]:
     return [by_index[i] for i in range(len(by_index))]
 
 
+@dataclass
+class Places365Config(ModelConfig):
+    """Where the checkpoint and the class list come from."""
+
+    #: URL (``URL#sha256=<hex>`` checks it) or local path of ``resnet18_places365.pth.tar``
+    checkpoint: str = PLACES365_CHECKPOINT_URL
+    #: URL (``URL#sha256=<hex>`` checks it) or local path of ``categories_places365.txt``
+    categories: str = PLACES365_CATEGORIES_URL
+    #: load the checkpoint with full pickle (``weights_only=False``); only for trusted files
+    trust_checkpoint: bool = False
+
+
 @MODELS.register("resnet18_places365")
-class Places365ResNet18(TargetModel):
+class Places365ResNet18(TargetModel[Places365Config]):
     """ResNet-18 trained on Places365 (CSAIL checkpoint); 365 scene classes."""
 
-    @dataclass
-    class Config(ModelConfig):
-        #: URL or local path of ``resnet18_places365.pth.tar``
-        checkpoint: str = PLACES365_CHECKPOINT_URL
-        #: URL or local path of ``categories_places365.txt``
-        categories: str = PLACES365_CATEGORIES_URL
-        #: load the checkpoint with full pickle (``weights_only=False``); only for trusted files
-        trust_checkpoint: bool = False
-
-    config: Config
+    Config = Places365Config
     final_layer = "fc"
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Places365Config) -> None:
         super().__init__(config)
         self._class_names: list[str] | None = None
 

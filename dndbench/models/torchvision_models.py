@@ -7,10 +7,11 @@ torchvision's own downloader, or a local state-dict file given as ``model.weight
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 from dndbench.errors import BackendError, ConfigError, DataError
 from dndbench.models.base import MODELS, ModelConfig, TargetModel
@@ -76,6 +77,22 @@ def load_into(net: "torch.nn.Module", state: dict[str, Any], source: str) -> Non
         raise DataError(f"checkpoint {source} does not fit {type(net).__name__}: {detail}") from exc
 
 
+def read_class_strings(path: str | Path, expected: int, option: str) -> list[str]:
+    """One class string per line of ``path`` (trailing blank lines dropped); DataError unless
+    there are ``expected`` of them."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise DataError(f"{option}: file {file} does not exist; give a file with one class "
+                        f"string per line (line i = unit i)")
+    lines = [line.strip() for line in file.read_text(encoding="utf-8").splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    if len(lines) != expected:
+        raise DataError(f"{option}: {file} lists {len(lines)} class strings; the model has "
+                        f"{expected} classes")
+    return lines
+
+
 def file_stamp(path: str) -> str:
     """Size and mtime of a local file (empty when ``path`` is empty or not a file)."""
     if not path or not os.path.isfile(os.path.expanduser(path)):
@@ -84,21 +101,31 @@ def file_stamp(path: str) -> str:
     return f"{st.st_size}:{int(st.st_mtime)}"
 
 
-class TorchvisionClassifier(TargetModel):
+@dataclass
+class TorchvisionConfig(ModelConfig):
+    """Which weights a torchvision classifier loads."""
+
+    #: torchvision weights enum member (``IMAGENET1K_V1``); "" or "none" -> random weights
+    weights: str = "IMAGENET1K_V1"
+    #: local state-dict file to load instead of downloading ``weights``
+    weights_path: str = ""
+    #: load ``weights_path`` with full pickle (``weights_only=False``); only for trusted files
+    trust_checkpoint: bool = False
+    #: file with one class string per line (line i = unit i), such as CLIP-Dissect's
+    #: ``imagenet_labels.txt`` ("tench, Tinca tinca"), the strings the papers compare final-layer
+    #: descriptions with; empty: torchvision's short category names.  A run fills it from
+    #: ``data.published`` (``$DNDBENCH_PUBLISHED``) when that is set (``dndbench.config``).
+    class_strings: str = ""
+
+
+class TorchvisionClassifier(TargetModel[TorchvisionConfig]):
     """A torchvision ImageNet classifier; subclasses set ``arch`` (a ``torchvision.models`` id)."""
 
-    @dataclass
-    class Config(ModelConfig):
-        #: torchvision weights enum member (``IMAGENET1K_V1``); "" or "none" -> random weights
-        weights: str = "IMAGENET1K_V1"
-        #: local state-dict file to load instead of downloading ``weights``
-        weights_path: str = ""
-        #: load ``weights_path`` with full pickle (``weights_only=False``); only for trusted files
-        trust_checkpoint: bool = False
-
-    config: Config
+    Config = TorchvisionConfig
     #: torchvision model id passed to ``torchvision.models.get_model``
     arch: str = ""
+    #: the file of the released data folder (``data.published``) with this model's class strings
+    class_strings_file = "imagenet_labels.txt"
 
     # -- weights enum ----------------------------------------------------------------------------
     def _weights_enum(self) -> Any:
@@ -159,12 +186,17 @@ class TorchvisionClassifier(TargetModel):
         return weights.transforms() if weights is not None else imagenet_transform()
 
     def class_names(self) -> list[str]:
-        """ImageNet class names from torchvision's weight metadata (available offline)."""
+        """The ``class_strings`` file's lines when it is set, else ImageNet class names from
+        torchvision's weight metadata (available offline)."""
+        if self.config.class_strings:
+            return read_class_strings(self.config.class_strings, 1000, "model.class_strings")
         return list(self._meta_weights().meta["categories"])
 
     def weights_fingerprint(self) -> str:
-        """Config plus size/mtime of a local weights file."""
-        return f"{self.config!r}|{file_stamp(self.config.weights_path)}"
+        """Config (less ``class_strings``, which names units and does not change activations)
+        plus size/mtime of a local weights file."""
+        config = dataclasses.replace(self.config, class_strings="")
+        return f"{config!r}|{file_stamp(self.config.weights_path)}"
 
 
 #: registered name -> (torchvision arch id, output layer)
@@ -188,7 +220,7 @@ def _define(name: str, arch: str, final_layer: str) -> type[TorchvisionClassifie
         "arch": arch,
         "final_layer": final_layer,
     })
-    return MODELS.register(name)(cls)
+    return cast("type[TorchvisionClassifier]", MODELS.register(name)(cls))
 
 
 for _name, (_arch, _final) in ARCHITECTURES.items():

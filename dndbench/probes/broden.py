@@ -7,8 +7,12 @@ Reads the folder layout of NetDissect-Lite's ``broden1_224`` / ``broden1_227``:
   ``images/``) whose pixel label is ``R + 256 * G``; cells of image-level categories (scene,
   texture) hold ``;``-separated integer label numbers.  An empty cell: category not annotated.
 * ``label.csv`` — ``number,name,category,frequency,coverage,syns``; ``category`` lists the
-  categories a label occurs in with counts (``object(123);part(4)``); the most frequent one is the
-  label's category here.
+  categories a label occurs in with counts (``object(123);part(4)``).
+* ``c_<category>.csv`` — ``code,number,name,frequency,coverage``: the labels of one category with
+  their coverage in it.  A label's category here is its *primary* category, as NetDissect-Lite
+  assigns it: of the exposed categories whose ``c_`` file lists it, the one where its coverage
+  is highest (ties: the later category).  Without ``c_`` files (or for a label none lists), the
+  most frequent category of its ``label.csv`` cell.
 * ``images/`` — the images and label PNGs.
 
 Label numbers are global, so they are used directly as :class:`Concept` ids.
@@ -70,24 +74,27 @@ def decode_label_png(rgb: "np.ndarray") -> "np.ndarray":
     return rgb[..., 0].astype(np.int32) + 256 * rgb[..., 1].astype(np.int32)
 
 
+@dataclass
+class BrodenConfig(ProbeConfig):
+    """``root``: the unzipped ``broden1_224`` folder; ``categories``: concept categories to
+    expose (None = all in ``label.csv``); ``index_split``: keep only rows whose ``split``
+    column has this value (``train``/``val``; not the describe/score ``split`` every probe has);
+    ``max_images``: keep only the first N images."""
+
+    root: str = "data/broden1_224"
+    categories: list[str] | None = None
+    index_split: str | None = None
+    max_images: int | None = None
+
+
 @PROBES.register("broden")
-class BrodenProbe(ProbeSet):
+class BrodenProbe(ProbeSet[BrodenConfig]):
     """Broden (NetDissect): ~63k images with pixel- and image-level concept labels."""
 
-    @dataclass
-    class Config(ProbeConfig):
-        """``root``: the unzipped ``broden1_224`` folder; ``categories``: concept categories to
-        expose (None = all in ``label.csv``); ``split``: keep only rows of this split;
-        ``max_images``: keep only the first N images."""
+    Config = BrodenConfig
 
-        root: str = "data/broden1_224"
-        categories: list[str] | None = None
-        split: str | None = None
-        max_images: int | None = None
-
-    def __init__(self, config: "BrodenProbe.Config") -> None:
+    def __init__(self, config: BrodenConfig) -> None:
         super().__init__(config)
-        self.config: BrodenProbe.Config = config
         if config.max_images is not None and config.max_images < 1:
             raise ConfigError(f"probe broden: max_images must be >= 1, got {config.max_images}")
 
@@ -128,10 +135,38 @@ class BrodenProbe(ProbeSet):
                 number = int(row["number"])
             except (TypeError, ValueError):
                 raise DataError(f"Broden label.csv: bad label number {row['number']!r}") from None
-            category = parse_category_field(row.get("category") or "")
+            category = self._primary_category(number) or \
+                parse_category_field(row.get("category") or "")
             if number > 0 and category:
                 labels[number] = Concept(number, row["name"], category)
         return labels
+
+    def _primary_category(self, number: int) -> str | None:
+        """The exposed category where label ``number`` has the highest ``c_`` file coverage
+        (ties: the later category, as NetDissect-Lite's ``max((coverage, index))``)."""
+        best: tuple[float, int] | None = None
+        for position, category in enumerate(self.categories):
+            coverage = self._coverage.get(category, {}).get(number)
+            if coverage is not None and (best is None or (coverage, position) > best):
+                best = (coverage, position)
+        return None if best is None else self.categories[best[1]]
+
+    @cached_property
+    def _coverage(self) -> dict[str, dict[int, float]]:
+        """Per category with a ``c_<category>.csv``: label number -> coverage."""
+        out: dict[str, dict[int, float]] = {}
+        for category in self.all_categories:
+            if not (self.root / f"c_{category}.csv").is_file():
+                continue
+            fields, rows = self._read_csv(f"c_{category}.csv")
+            if not {"number", "coverage"} <= set(fields):
+                raise DataError(f"Broden {self.root / f'c_{category}.csv'} lacks the columns "
+                                f"number and coverage")
+            try:
+                out[category] = {int(r["number"]): float(r["coverage"] or 0) for r in rows}
+            except (TypeError, ValueError):
+                raise DataError(f"Broden c_{category}.csv: bad number or coverage") from None
+        return out
 
     @cached_property
     def all_categories(self) -> list[str]:
@@ -147,7 +182,7 @@ class BrodenProbe(ProbeSet):
         categories = [f for f in fields if f not in INDEX_FIXED_COLUMNS]
         parsed: list[BrodenRow] = []
         for line, row in enumerate(rows, start=2):
-            if self.config.split is not None and row["split"] != self.config.split:
+            if self.config.index_split is not None and row["split"] != self.config.index_split:
                 continue
             try:
                 sh, sw = int(row["sh"]), int(row["sw"])
@@ -161,7 +196,8 @@ class BrodenProbe(ProbeSet):
                 break
         if not parsed:
             raise DataError(f"Broden {self.root / 'index.csv'} lists no images"
-                            + (f" of split {self.config.split!r}" if self.config.split else ""))
+                            + (f" of split {self.config.index_split!r}"
+                               if self.config.index_split else ""))
         return categories, parsed
 
     @cached_property
@@ -200,11 +236,13 @@ class BrodenProbe(ProbeSet):
     @cached_property
     def _fingerprint(self) -> str:
         digest = hashlib.sha256()
-        for name in ("index.csv", "label.csv"):
+        names = ["index.csv", "label.csv"] + [f"c_{c}.csv" for c in self.all_categories
+                                               if (self.root / f"c_{c}.csv").is_file()]
+        for name in names:
             with open(self._require(name), "rb") as fh:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
                     digest.update(chunk)
-        options = (str(self.root.resolve()), self.config.categories, self.config.split,
+        options = (str(self.root.resolve()), self.config.categories, self.config.index_split,
                    self.config.max_images)
         digest.update(repr(options).encode())
         return digest.hexdigest()[:16]
@@ -245,7 +283,7 @@ class BrodenProbe(ProbeSet):
                 with Image.open(path) as im:
                     im = im.convert("RGB")
                     if im.size != (row.sw, row.sh):
-                        im = im.resize((row.sw, row.sh), Image.NEAREST)
+                        im = im.resize((row.sw, row.sh), Image.Resampling.NEAREST)
                     layers.append(decode_label_png(np.asarray(im)))
             except (OSError, ValueError, SyntaxError) as exc:
                 raise DataError(f"Broden label image {path} is missing or corrupt: {exc}") from None

@@ -1,10 +1,14 @@
 """Download and unzip the Broden dataset (NetDissect's ``broden1_224`` / ``broden1_227``).
 
     python -m dndbench.probes.broden_download --dest data [--resolution 224] [--force]
+                                              [--sha256 HEX]
 
-The zip (about 1 GB) is streamed into a temporary file in ``DEST`` with a progress bar, unzipped
-into a temporary folder there, and only then renamed to ``DEST/broden1_<resolution>``, so an
-interrupted download never leaves a half-written dataset behind.
+The zip (about 1 GB) is streamed into a temporary folder in ``DEST`` with a progress bar
+(:func:`dndbench.downloads.download`), checked against ``--sha256`` when one is given (a mismatch
+is an error and nothing is kept), unzipped there, and only then renamed to
+``DEST/broden1_<resolution>``, so an interrupted or corrupt download never leaves a half-written
+dataset behind.  The dataset's authors publish no checksum, so none is checked by default: pass
+the SHA-256 of a copy you trust (``sha256sum broden1_224.zip``) to pin it.
 """
 from __future__ import annotations
 
@@ -16,13 +20,13 @@ import tempfile
 import urllib.request
 import zipfile
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
+from dndbench import downloads
 from dndbench.errors import DataError, DndbenchError
 
 URL_TEMPLATE = "http://netdissect.csail.mit.edu/data/broden1_{resolution}.zip"
 RESOLUTIONS = (224, 227)
-CHUNK = 1 << 20
 
 
 def open_url(url: str) -> Any:
@@ -35,17 +39,10 @@ def dataset_dir(dest: Path | str, resolution: int = 224) -> Path:
     return Path(dest) / f"broden1_{resolution}"
 
 
-def _fetch(url: str, out: BinaryIO, progress: bool) -> None:
-    from tqdm.auto import tqdm
-
+def _fetch(url: str, path: Path, sha256: str | None, progress: bool) -> None:
     try:
-        with open_url(url) as response:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1],
-                      disable=not progress) as bar:
-                for chunk in iter(lambda: response.read(CHUNK), b""):
-                    out.write(chunk)
-                    bar.update(len(chunk))
+        downloads.download(url, path, sha256=sha256, opener=open_url, progress=progress,
+                           fix="retry, or check the --sha256 value")
     except OSError as exc:  # URLError, HTTPError, timeouts and connection resets are OSErrors
         raise DataError(f"could not download {url}: {exc}; fetch it by hand and unzip it into "
                         f"the destination folder") from None
@@ -66,32 +63,33 @@ def _extract(zip_path: Path, workdir: Path, url: str) -> Path:
 
 
 def download(dest: Path | str, resolution: int = 224, *, force: bool = False,
-             progress: bool = True) -> Path:
+             progress: bool = True, sha256: str | None = None) -> Path:
     """Download Broden at ``resolution`` into ``dest``; return the dataset folder.
 
-    An existing dataset folder is kept unless ``force``."""
+    An existing dataset folder is kept unless ``force``; with ``sha256`` the zip must have that
+    SHA-256 (a mismatch is a :class:`DataError` and nothing is kept)."""
     if resolution not in RESOLUTIONS:
         raise DataError(f"Broden comes at resolution {' or '.join(map(str, RESOLUTIONS))}, "
                         f"not {resolution}")
+    sha256 = downloads.check_sha256(sha256, "--sha256")
     dest = Path(dest)
     target = dataset_dir(dest, resolution)
     if (target / "index.csv").is_file() and not force:
         return target
     dest.mkdir(parents=True, exist_ok=True)
     url = URL_TEMPLATE.format(resolution=resolution)
-    fd, tmp_zip = tempfile.mkstemp(dir=dest, prefix=f".{target.name}.", suffix=".zip.part")
-    workdir = Path(tempfile.mkdtemp(dir=dest, prefix=f".{target.name}.unzip."))
+    workdir = Path(tempfile.mkdtemp(dir=dest, prefix=f".{target.name}.download."))
     try:
-        with os.fdopen(fd, "wb") as out:
-            _fetch(url, out, progress)
-        folder = _extract(Path(tmp_zip), workdir, url)
+        zip_path = workdir / f"{target.name}.zip"
+        _fetch(url, zip_path, sha256, progress)
+        (workdir / "unzipped").mkdir()
+        folder = _extract(zip_path, workdir / "unzipped", url)
         if target.exists():
             old = Path(tempfile.mkdtemp(dir=dest, prefix=f".{target.name}.old."))
             os.replace(target, old / target.name)
             shutil.rmtree(old, ignore_errors=True)
         os.replace(folder, target)
     finally:
-        Path(tmp_zip).unlink(missing_ok=True)
         shutil.rmtree(workdir, ignore_errors=True)
     return target
 
@@ -104,9 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resolution", type=int, default=224, choices=RESOLUTIONS)
     parser.add_argument("--force", action="store_true", help="replace an existing copy")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--sha256", default=None,
+                        help="expected SHA-256 of the zip (none is published; default: no check)")
     args = parser.parse_args(argv)
     try:
-        target = download(args.dest, args.resolution, force=args.force, progress=not args.quiet)
+        target = download(args.dest, args.resolution, force=args.force, progress=not args.quiet,
+                          sha256=args.sha256)
     except DndbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -46,24 +46,27 @@ def open_rgb(path: Path) -> "Image.Image":
         raise DataError(f"cannot read image {path}: {exc}") from exc
 
 
+@dataclass
+class ImageFolderConfig(ProbeConfig):
+    """Options of an image-folder probe set."""
+
+    #: folder holding the images (searched recursively)
+    root: str = ""
+    #: use at most this many images (a fixed random subset, kept in sorted order); 0 = all
+    max_images: int = 0
+    #: seed of the subset drawn when ``max_images`` is set
+    seed: int = 0
+
+
 @PROBES.register("image_folder")
-class ImageFolderProbe(ProbeSet):
+class ImageFolderProbe(ProbeSet[ImageFolderConfig]):
     """Images of a local folder (flat or one subfolder per class), in sorted path order."""
 
-    @dataclass
-    class Config(ProbeConfig):
-        #: folder holding the images (searched recursively)
-        root: str = ""
-        #: use at most this many images (a fixed random subset, kept in sorted order); 0 = all
-        max_images: int = 0
-        #: seed of the subset drawn when ``max_images`` is set
-        seed: int = 0
-
-    config: Config
+    Config = ImageFolderConfig
     #: example value shown when ``root`` is not set
     root_example = "/path/to/images"
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: ImageFolderConfig) -> None:
         super().__init__(config)
         self._files: list[str] | None = None
         self._fingerprint: str | None = None

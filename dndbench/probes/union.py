@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence, TypeVar
 
 from dndbench.cache import Cache, stable_hash
 from dndbench.errors import ConfigError, DataError
@@ -17,24 +17,27 @@ if TYPE_CHECKING:
     from PIL import Image
 
 
-class UnionProbe(ProbeSet):
+C = TypeVar("C", bound=ProbeConfig)
+
+
+class UnionProbe(ProbeSet[C]):
     """The images of several probe sets, one after another (images only).
 
     Either pass ``parts`` explicitly, or subclass and override :meth:`build_parts` (parts are then
     built lazily, on first use).  Setting ``cache`` also sets it on every part.
     """
 
-    def __init__(self, config: ProbeConfig, parts: Sequence[ProbeSet] | None = None) -> None:
-        self._parts: list[ProbeSet] | None = list(parts) if parts is not None else None
+    def __init__(self, config: C, parts: Sequence[ProbeSet[Any]] | None = None) -> None:
+        self._parts: list[ProbeSet[Any]] | None = list(parts) if parts is not None else None
         super().__init__(config)  # sets ``cache`` through the property below
 
     # -- parts -----------------------------------------------------------------------------------
-    def build_parts(self) -> list[ProbeSet]:
+    def build_parts(self) -> list[ProbeSet[Any]]:
         """The probe sets to concatenate (subclasses build them from their config)."""
         raise ConfigError(f"probe {self.config.name!r}: a UnionProbe needs its parts")
 
     @property
-    def parts(self) -> list[ProbeSet]:
+    def parts(self) -> list[ProbeSet[Any]]:
         """The concatenated probe sets, in order."""
         if self._parts is None:
             parts = self.build_parts()
@@ -44,7 +47,7 @@ class UnionProbe(ProbeSet):
         return self._parts
 
     @property
-    def cache(self) -> Cache:  # type: ignore[override]
+    def cache(self) -> Cache:
         return self._cache
 
     @cache.setter
@@ -86,25 +89,28 @@ class UnionProbe(ProbeSet):
         return stable_hash("union/v1", [(p.config.name, p.fingerprint(), len(p)) for p in self.parts])
 
 
+@dataclass
+class ImageNetBrodenConfig(ProbeConfig):
+    """Where the two parts of the ``imagenet_broden`` probe set are."""
+
+    #: ImageNet validation folder (flat or one subfolder per class)
+    imagenet_root: str = ""
+    #: Broden dataset folder (``broden1_224``); "" = the broden probe's default folder
+    broden_root: str = ""
+
+
 @PROBES.register("imagenet_broden")
-class ImageNetBrodenProbe(UnionProbe):
+class ImageNetBrodenProbe(UnionProbe[ImageNetBrodenConfig]):
     """DnD's default probing set: ImageNet-val images followed by Broden images (images only)."""
 
-    @dataclass
-    class Config(ProbeConfig):
-        #: ImageNet validation folder (flat or one subfolder per class)
-        imagenet_root: str = ""
-        #: Broden dataset folder (``broden1_224``); "" = the broden probe's default folder
-        broden_root: str = ""
+    Config = ImageNetBrodenConfig
 
-    config: Config
-
-    def build_parts(self) -> list[ProbeSet]:
+    def build_parts(self) -> list[ProbeSet[Any]]:
         """``imagenet_val`` at ``imagenet_root`` then ``broden`` at ``broden_root`` (the Broden
         probe's own default folder when ``broden_root`` is empty)."""
         if not self.config.imagenet_root:
             raise DataError(f"probe {self.config.name!r} needs its ImageNet images: "
                             f"set probe.imagenet_root=/path/to/imagenet/val")
-        broden = {"root": self.config.broden_root} if self.config.broden_root else {}
+        broden: dict[str, Any] = {"root": self.config.broden_root} if self.config.broden_root else {}
         return [PROBES.create("imagenet_val", root=self.config.imagenet_root),
                 PROBES.create("broden", **broden)]

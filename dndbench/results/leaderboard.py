@@ -2,42 +2,88 @@
 
 Rows are grouped by the matched key (model, layer, neuron set, probe, metric); within a group
 each describer setting gets its mean over units with a 95 % bootstrap confidence interval,
-``n`` (units scored) and ``coverage`` (n / units in the neuron set).  ``vs_best`` compares each
-setting with the group's best on the units both scored (paired bootstrap): ``=`` not
-distinguishable, ``<`` significantly lower.
+``n`` (units scored) and ``coverage`` (n / units in the neuron set).  When a model's scores span
+several layers, each (model, probe, metric) also gets a pooled ``all layers`` group in which every
+unit of every layer counts once.
 
-    python -m dndbench leaderboard outputs/ multirun/2026-11-25/ --out leaderboard
+Every pair of settings in a group is compared on the units both scored (Wilcoxon signed-rank,
+Holm-adjusted over the group's pairs; see :mod:`dndbench.results.statistics`).  ``vs_best`` says
+how each setting stands against the group's best method: ``best``, ``<`` (significantly below),
+``>`` (significantly above: only a control or reference can be) or ``=`` (not distinguishable);
+``p_vs_best`` is the adjusted p-value.  Optional columns of the scores table are carried along:
+``role`` (``method`` / ``control`` / ``reference``; only methods can be best) and ``chance`` (a
+metric's chance level, averaged over the units scored).  A run directory's ``costs.csv`` adds its
+per-unit cost columns (``seconds_per_unit``, ``<kind>_per_unit``) by (setting, layer).
+
+Outputs beside ``PREFIX.md`` / ``PREFIX.csv``: the long table of every pair (``pairs.csv``) and
+Kendall's τ between metrics' rankings (``metric_agreement.csv``); with a prefix other than
+``leaderboard`` these are ``PREFIX_pairs.csv`` and ``PREFIX_metric_agreement.csv``.
+
+    python -m dndbench leaderboard outputs/ multirun/2026-11-25/ --out leaderboard --html
 """
 from __future__ import annotations
 
 import argparse
+import html
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import numpy as np
 
 from dndbench.errors import DataError
+from dndbench.results.statistics import (
+    ALL_LAYERS,
+    ALPHA,
+    N_BOOT,
+    bootstrap_ci,
+    kendall_agreement,
+    paired_comparisons,
+    pool_layers,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
 
+__all__ = ["ALL_LAYERS", "GROUP", "N_BOOT", "bootstrap_ci", "find_score_tables", "leaderboard",
+           "load_costs", "load_scores", "main", "md_cell", "metric_agreement", "pairs_table",
+           "to_markdown", "write_leaderboard"]
+
 GROUP = ["model", "layer", "neuron_set", "probe", "metric"]
-N_BOOT = 1000
+#: the ``role`` of a setting when the scores table says nothing
+METHOD = "method"
+AGREEMENT_BY = ["model", "layer", "neuron_set", "probe"]
+
+
+@dataclass(frozen=True, eq=False)
+class _Pairs:
+    """The pairwise table, carried in ``table.attrs`` (shared, not copied, by pandas)."""
+
+    frame: "pd.DataFrame"
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "_Pairs":
+        return self
+
+
+def find_tables(paths: Iterable[Path], name: str, required: bool = True) -> list[Path]:
+    """Every file called ``name`` at or below the given paths (a run dir, a sweep dir, a tree)."""
+    found: list[Path] = []
+    for path in paths:
+        path = Path(path)
+        if path.is_file():
+            sibling = path if path.name == name else path.parent / name
+            found += [sibling] if sibling.is_file() else []
+        elif path.is_dir():
+            found += sorted(path.rglob(name))
+        elif required:
+            raise DataError(f"{path} is neither a run directory nor a {name} file")
+    return found
 
 
 def find_score_tables(paths: Iterable[Path]) -> list[Path]:
     """Every ``scores.csv`` at or below the given paths (a run dir, a sweep dir, a tree)."""
-    found: list[Path] = []
-    for path in paths:
-        path = Path(path)
-        if path.is_file() and path.name == "scores.csv":
-            found.append(path)
-        elif path.is_dir():
-            found += sorted(path.rglob("scores.csv"))
-        else:
-            raise DataError(f"{path} is neither a run directory nor a scores.csv file")
-    return found
+    return find_tables(paths, "scores.csv")
 
 
 def load_scores(paths: Iterable[Path]) -> "pd.DataFrame":
@@ -56,90 +102,281 @@ def load_scores(paths: Iterable[Path]) -> "pd.DataFrame":
     return scores.drop_duplicates(subset=GROUP + ["setting", "unit"], keep="last")
 
 
-def bootstrap_ci(values: np.ndarray, rng: np.random.Generator, n_boot: int = N_BOOT,
-                 ) -> tuple[float, float]:
-    """95 % percentile bootstrap interval of the mean."""
-    if len(values) < 2:
-        return float("nan"), float("nan")
-    means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(low), float(high)
+def load_costs(paths: Iterable[Path]) -> "pd.DataFrame | None":
+    """The ``costs.csv`` tables at or below the given paths, concatenated; None if there are none.
 
-
-def paired_lower(best: "pd.Series", other: "pd.Series", rng: np.random.Generator) -> str:
-    """``<`` if other is significantly below best on their common units, else ``=``."""
-    common = best.index.intersection(other.index)
-    if len(common) < 2:
-        return "="
-    diff = (best.loc[common] - other.loc[common]).to_numpy(dtype=float)
-    low, _ = bootstrap_ci(diff, rng)
-    return "<" if low > 0 else "="
-
-
-def leaderboard(scores: "pd.DataFrame", seed: int = 0) -> "pd.DataFrame":
-    """One row per (matched group, setting), best first within each group."""
+    Later runs win for the same (setting, layer).
+    """
     import pandas as pd
 
-    rng = np.random.default_rng(seed)
-    rows = []
+    frames = []
+    for path in find_tables(paths, "costs.csv", required=False):
+        frame = pd.read_csv(path)
+        missing = {"setting", "layer"} - set(frame.columns)
+        if missing:
+            raise DataError(f"{path} lacks the column(s) {', '.join(sorted(missing))}; "
+                            "a costs table needs setting, layer and <kind>_per_unit columns")
+        frames.append(frame)
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return None
+    costs = pd.concat(frames, ignore_index=True)
+    return costs.drop_duplicates(subset=["setting", "layer"], keep="last")
+
+
+def matched_groups(scores: "pd.DataFrame",
+                   ) -> Iterator[tuple[dict[str, Any], "pd.DataFrame", tuple[str, ...]]]:
+    """``(key, scores, layers)`` of every matched group: per layer, then pooled, per model."""
+    items: list[tuple[str, int, dict[str, Any], "pd.DataFrame", tuple[str, ...]]] = []
     for key, group in scores.groupby(GROUP, sort=True, dropna=False):
-        per_setting = {s: g.set_index("unit")["value"].astype(float).dropna()
-                       for s, g in group.groupby("setting")}
-        means = {s: v.mean() for s, v in per_setting.items()}
-        best = min(means, key=lambda s: (-means[s], s))  # highest mean; ties: first by name
-        for setting, values in per_setting.items():
-            total = int(group[group.setting == setting]["num_units"].max())
-            low, high = bootstrap_ci(values.to_numpy(), rng)
-            rows.append({**dict(zip(GROUP, key)), "setting": setting,
-                         "mean": float(values.mean()), "ci_low": low, "ci_high": high,
-                         "n": int(len(values)), "coverage": len(values) / max(total, 1),
-                         "vs_best": "best" if setting == best
-                         else paired_lower(per_setting[best], values, rng)})
-    table = pd.DataFrame(rows)
-    return table.sort_values(GROUP + ["mean", "setting"],
-                             ascending=[True] * len(GROUP) + [False, True], ignore_index=True)
+        items.append((str(key[0]), 0, dict(zip(GROUP, key)), group, (str(key[1]),)))
+    for key, group in scores.groupby(["model", "probe", "metric"], sort=True, dropna=False):
+        layers = tuple(sorted(str(layer) for layer in group["layer"].unique()))
+        if len(layers) > 1:
+            pooled = pool_layers(group)
+            items.append((str(key[0]), 1, dict(zip(GROUP, pooled[GROUP].iloc[0])), pooled,
+                          layers))
+    items.sort(key=lambda item: (item[0], item[1]))  # stable: sorted order within each part
+    for _, _, key_dict, group, layers in items:
+        yield key_dict, group, layers
+
+
+def _summarise_group(key: dict[str, Any], group: "pd.DataFrame", seed: int,
+                     ) -> tuple[list[dict[str, Any]], "pd.DataFrame"]:
+    """A group's leaderboard rows (best first) and its Holm-adjusted pairwise table."""
+    per_setting = {s: g.set_index("unit")["value"].astype(float).dropna()
+                   for s, g in group.groupby("setting", sort=True)}
+    roles = ({str(s): str(r) for s, r in
+              group["role"].fillna(METHOD).groupby(group["setting"]).first().items()}
+             if "role" in group else {})
+    means = {s: float(v.mean()) if len(v) else float("nan") for s, v in per_setting.items()}
+    ranked = sorted(per_setting, key=lambda s: (np.isnan(means[s]), -np.nan_to_num(means[s]), s))
+    methods = [s for s in ranked if roles.get(s, METHOD) == METHOD]
+    best = (methods or ranked)[0]  # highest mean among methods; ties: first by name
+    pairs = paired_comparisons({s: per_setting[s] for s in ranked})
+    against = {}
+    for pair in pairs.itertuples():
+        if best in (pair.setting_a, pair.setting_b):
+            other = pair.setting_b if pair.setting_a == best else pair.setting_a
+            sign = -1.0 if pair.setting_a == best else 1.0  # mean of (other - best)
+            against[other] = (sign * pair.mean_diff, pair.p_holm)
+    rows = []
+    for setting in ranked:
+        values = per_setting[setting]
+        mine = group[group.setting == setting]
+        diff, p_adj = against.get(setting, (float("nan"), float("nan")))
+        mark = ("best" if setting == best else "=" if not p_adj < ALPHA
+                else "<" if diff < 0 else ">")
+        row: dict[str, Any] = {**key, "setting": setting}
+        if "role" in group:
+            row["role"] = roles.get(setting, METHOD)
+        low, high = bootstrap_ci(values.to_numpy(), seed)
+        row.update({"mean": means[setting], "ci_low": low, "ci_high": high,
+                    "n": len(values),
+                    "coverage": len(values) / max(int(mine["num_units"].max()), 1)})
+        if "chance" in group:
+            scored = mine[mine["value"].notna()]["chance"].astype(float)
+            row["chance"] = float(scored.mean()) if scored.notna().any() else float("nan")
+        row.update({"vs_best": mark, "p_vs_best": p_adj})
+        rows.append(row)
+    return rows, pairs.assign(**key)[GROUP + list(pairs.columns)]
+
+
+def _cost_columns(costs: "pd.DataFrame") -> list[str]:
+    cols = [c for c in costs.columns if str(c).endswith("_per_unit")]
+    return sorted(cols, key=lambda c: (c != "seconds_per_unit", cols.index(c)))
+
+
+def _costs_for(costs: "pd.DataFrame", setting: str, layers: tuple[str, ...],
+               columns: list[str]) -> dict[str, float]:
+    """Per-unit costs of a setting over some layers: the unit-weighted mean of the layers'
+    figures (NaN where a layer's figure is unknown or the setting has no cost row)."""
+    rows = costs[(costs["setting"].astype(str) == str(setting))
+                 & costs["layer"].astype(str).isin(layers)]
+    if not len(rows):
+        return {c: float("nan") for c in columns}
+    weights = (rows["units"].astype(float) if "units" in rows
+               else np.ones(len(rows), dtype=float))
+    out = {}
+    for col in columns:
+        values = rows[col].astype(float)
+        out[col] = (float((values * weights).sum() / max(float(np.sum(weights)), 1.0))
+                    if values.notna().all() else float("nan"))
+    return out
+
+
+def leaderboard(scores: "pd.DataFrame", seed: int = 0,
+                costs: "pd.DataFrame | None" = None) -> "pd.DataFrame":
+    """One row per (matched group, setting), best first within each group.
+
+    ``costs`` (see :func:`load_costs`) adds its per-unit columns by (setting, layer).  The
+    pairwise table travels in ``table.attrs``; read it with :func:`pairs_table`.
+    """
+    import pandas as pd
+
+    rows, pair_frames = [], []
+    for key, group, layers in matched_groups(scores):
+        group_rows, pairs = _summarise_group(key, group, seed)
+        if costs is not None:
+            columns = _cost_columns(costs)
+            for row in group_rows:
+                row.update(_costs_for(costs, row["setting"], layers, columns))
+        rows += group_rows
+        pair_frames.append(pairs)
+    table = pd.DataFrame(rows) if rows else pd.DataFrame(columns=[
+        *GROUP, "setting", "mean", "ci_low", "ci_high", "n", "coverage", "vs_best", "p_vs_best"])
+    pairs = (pd.concat(pair_frames, ignore_index=True) if pair_frames
+             else pd.DataFrame(columns=GROUP + ["setting_a", "setting_b", "n", "mean_diff", "p",
+                                                "p_holm"]))
+    table.attrs["pairs"] = _Pairs(pairs)
+    return table
+
+
+def pairs_table(table: "pd.DataFrame") -> "pd.DataFrame | None":
+    """The pairwise comparisons of a table made by :func:`leaderboard` (None if it has none)."""
+    pairs = table.attrs.get("pairs")
+    return pairs.frame if isinstance(pairs, _Pairs) else None
+
+
+def metric_agreement(table: "pd.DataFrame") -> "pd.DataFrame":
+    """Kendall's τ between every two metrics' setting means within (model, layer, set, probe)."""
+    return kendall_agreement(table, AGREEMENT_BY)
+
+
+def md_cell(value: Any) -> str:
+    """Text safe inside a Markdown table cell: HTML-special characters and ``|`` escaped."""
+    text = html.escape(str(value), quote=False).replace("\\", "\\\\").replace("|", "\\|")
+    return " ".join(text.splitlines())
+
+
+def _fmt(value: float, spec: str = ".3f") -> str:
+    return "—" if value is None or np.isnan(value) else format(value, spec)
+
+
+def _header(table: "pd.DataFrame", group: "pd.DataFrame") -> str:
+    row = group.iloc[0]
+    model, layer, probe, metric = (md_cell(row[c]) for c in ("model", "layer", "probe", "metric"))
+    if row["layer"] != ALL_LAYERS:
+        return (f"### {metric} — {model}.{layer} ({group.n.max()} units, probe {probe}, "
+                f"neuron set {md_cell(str(row['neuron_set'])[:8])})")
+    same = ((table.model == row["model"]) & (table.probe == row["probe"])
+            & (table.metric == row["metric"]) & (table.layer != ALL_LAYERS))
+    layers = ", ".join(md_cell(x) for x in dict.fromkeys(table[same].layer))
+    return (f"### {metric} — {model}, all layers pooled ({group.n.max()} units, each counted "
+            f"once; layers {layers}; probe {probe})")
+
+
+def _group_markdown(table: "pd.DataFrame", group: "pd.DataFrame") -> list[str]:
+    has_role, has_chance = "role" in group, "chance" in group
+    has_cost = "seconds_per_unit" in group
+    head = ["rank", "setting", "mean", "95% CI", "n", "coverage"]
+    align = ["---:", "---", "---:", "---", "---:", "---:"]
+    if has_chance:
+        head, align = head + ["chance"], align + ["---:"]
+    if has_cost:
+        head, align = head + ["s/unit"], align + ["---:"]
+    head, align = head + ["vs best"], align + [":---:"]
+    lines = [_header(table, group), "", f"| {' | '.join(head)} |", f"|{'|'.join(align)}|"]
+    for rank, row in enumerate(group.to_dict("records"), start=1):
+        setting = md_cell(row["setting"])
+        if has_role and row["role"] != METHOD:
+            setting += f" ({md_cell(row['role'])})"
+        ci = ("—" if np.isnan(row["ci_low"])
+              else f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]")
+        cells = [str(rank), setting, f"{row['mean']:.3f}", ci, str(row["n"]),
+                 f"{row['coverage']:.0%}"]
+        if has_chance:
+            cells.append(_fmt(row["chance"]))
+        if has_cost:
+            cells.append(_fmt(row["seconds_per_unit"], ".3g"))
+        lines.append(f"| {' | '.join(cells + [row['vs_best']])} |")
+    k = len(group)
+    best = "best method" if has_role else "best setting"
+    lines += ["", f"vs best: `<` / `>` significantly below / above the {best} (Wilcoxon "
+              f"signed-rank on the units both scored, Holm-adjusted over the group's "
+              f"{k * (k - 1) // 2} pairs, p < {ALPHA}); `=` not distinguishable."
+              + (" Controls and references are marked and never ranked best." if has_role
+                 else ""), ""]
+    return lines
+
+
+def _agreement_markdown(agreement: "pd.DataFrame") -> list[str]:
+    if not len(agreement):
+        return []
+    lines = ["### Do the metrics agree? Kendall's τ between the metrics' setting rankings", "",
+             "| model.layer | probe | metric a | metric b | settings | τ | p |",
+             "|---|---|---|---|---:|---:|---:|"]
+    for row in agreement.to_dict("records"):
+        cells = [f"{md_cell(row['model'])}.{md_cell(row['layer'])}", md_cell(row["probe"]),
+                 md_cell(row["metric_a"]), md_cell(row["metric_b"]), str(row["n_settings"]),
+                 _fmt(row["tau"], ".2f"), _fmt(row["p"], ".3g")]
+        lines.append(f"| {' | '.join(cells)} |")
+    return lines + ["", "τ = 1: the metrics rank the settings identically; −1: in reverse.", ""]
 
 
 def to_markdown(table: "pd.DataFrame") -> str:
-    """A Markdown rendering: one section per matched group."""
-    lines = []
-    for key, group in table.groupby(GROUP, sort=False):
-        model, layer, neuron_set, probe, metric = key
-        lines += [f"### {metric} — {model}.{layer} ({group.n.max()} units, probe {probe}, "
-                  f"neuron set {neuron_set[:8]})", "",
-                  "| rank | setting | mean | 95% CI | n | coverage | vs best |",
-                  "|---:|---|---:|---|---:|---:|:---:|"]
-        for rank, row in enumerate(group.itertuples(), start=1):
-            ci = "—" if np.isnan(row.ci_low) else f"[{row.ci_low:.3f}, {row.ci_high:.3f}]"
-            lines.append(f"| {rank} | {row.setting} | {row.mean:.3f} | {ci} | {row.n} | "
-                         f"{row.coverage:.0%} | {row.vs_best} |")
-        lines.append("")
+    """A Markdown rendering: one section per matched group, then the metrics' agreement."""
+    lines: list[str] = []
+    for _, group in table.groupby(GROUP, sort=False, dropna=False):
+        lines += _group_markdown(table, group)
+    lines += _agreement_markdown(metric_agreement(table))
     return "\n".join(lines)
 
 
-def write_leaderboard(table: "pd.DataFrame", prefix: Path) -> tuple[Path, Path]:
-    """Write ``<prefix>.md`` and ``<prefix>.csv`` atomically."""
+def sidecar(prefix: Path, name: str) -> Path:
+    """``pairs.csv`` beside ``leaderboard.csv``; ``PREFIX_pairs.csv`` for other prefixes."""
+    stem = name if prefix.name == "leaderboard" else f"{prefix.name}_{name}"
+    return prefix.parent / f"{stem}.csv"
+
+
+def write_leaderboard(table: "pd.DataFrame", prefix: Path,
+                      pairs: "pd.DataFrame | None" = None) -> tuple[Path, Path]:
+    """Write ``<prefix>.md`` and ``<prefix>.csv`` atomically, with the pairs and agreement tables.
+
+    ``pairs`` defaults to the table's own (:func:`pairs_table`); returns the .md and .csv paths.
+    """
     from dndbench.results.records import write_csv, write_text
 
+    prefix = Path(prefix)
     md, csv = prefix.with_suffix(".md"), prefix.with_suffix(".csv")
     write_text(md, to_markdown(table))
     write_csv(csv, table)
+    pairs = pairs if pairs is not None else pairs_table(table)
+    if pairs is not None:
+        write_csv(sidecar(prefix, "pairs"), pairs)
+    write_csv(sidecar(prefix, "metric_agreement"), metric_agreement(table))
     return md, csv
 
 
 def main(argv: list[str] | None = None) -> int:
     """``dndbench leaderboard RUN_DIR... [--out PREFIX]``."""
+    from dndbench.results.report import leaderboard_chart
+
     parser = argparse.ArgumentParser(prog="dndbench leaderboard",
                                      description="Merge run directories into one leaderboard.")
     parser.add_argument("paths", nargs="+", type=Path, help="run / sweep directories")
     parser.add_argument("--out", type=Path, default=Path("leaderboard"),
-                        help="output prefix: writes PREFIX.md and PREFIX.csv (default: leaderboard)")
+                        help="output prefix: writes PREFIX.md, PREFIX.csv and PREFIX.png, plus "
+                             "the pairs and metric-agreement tables (and with --html PREFIX.html; "
+                             "default: leaderboard)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument("--html", action="store_true",
+                        help="also write PREFIX.html: the merged report (leaderboards, figures "
+                             "and every unit's card; pictures from the runs' report_files/ are "
+                             "copied to PREFIX_files/)")
     args = parser.parse_args(argv)
-    table = leaderboard(load_scores(args.paths), seed=args.seed)
+    scores = load_scores(args.paths)
+    table = leaderboard(scores, seed=args.seed, costs=load_costs(args.paths))
     md, csv = write_leaderboard(table, args.out)
+    chart = leaderboard_chart(table, args.out.with_suffix(".png"))
     print(to_markdown(table))
-    print(f"wrote {md} and {csv}")
+    written = [str(md), str(csv), str(chart)]
+    if args.html:
+        from dndbench.results.report import write_merged_report
+
+        written.append(str(write_merged_report(args.paths, scores, table,
+                                               args.out.with_suffix(".html"))))
+    print(f"wrote {', '.join(written)}")
     return 0
 
 

@@ -2,10 +2,13 @@
 
 Layout of a run directory::
 
-    descriptions.csv   one row per (describer setting, unit)
-    scores.csv         one row per (describer setting, unit, metric)
-    summary.json       {"metrics": {"<metric>": {"mean": ..., "n": ...}}, "describers": {...}}
-    run.json           resolved config (secrets removed), versions, timings, counts, neuron set
+    descriptions.csv   one row per (describer setting, layer, unit); ``role`` last
+    scores.csv         one row per (describer setting, layer, unit, metric); ``role`` last
+    costs.csv          one row per (describer setting, layer): seconds and model calls per unit
+    summary.json       {"metrics": {"<metric>": {"mean": ..., "n": ...}}, "describers": {...},
+                        "costs": {...}, "layers": {"<layer>": {the same, for that layer}}};
+                       the top level pools every layer (each unit counts once)
+    run.json           resolved config (secrets removed), versions, timings, counts, neuron sets
     leaderboard.md/.csv  this run's leaderboard
 
 Every file is written atomically, so an interrupted run never leaves half a table.
@@ -13,6 +16,7 @@ Every file is written atomically, so an interrupted run never leaves half a tabl
 from __future__ import annotations
 
 import json
+import math
 import platform
 import re
 import time
@@ -21,6 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dndbench.cache import atomic_path
+from dndbench.costs import COLUMNS as COST_COLUMNS
+from dndbench.costs import cost_row
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -73,23 +79,98 @@ def summarise(scores: "pd.DataFrame") -> dict[str, dict[str, float]]:
     return out
 
 
+def _ident(result: "JobResult", layer: str, model: str, probe: str) -> dict[str, Any]:
+    """The identifying columns of one layer's rows."""
+    sets = {n.layer: n for n in result.neuron_sets}
+    neurons = sets.get(layer, result.neurons)
+    return {"model": model, "layer": neurons.layer, "probe": probe, "neuron_set": neurons.key,
+            "num_units": len(neurons.units)}
+
+
 def tables(result: "JobResult", model: str, probe: str) -> tuple["pd.DataFrame", "pd.DataFrame"]:
-    """The run's descriptions and scores tables with their identifying columns."""
+    """The run's descriptions and scores tables with their identifying columns (per layer)
+    first and each setting's ``role`` last."""
     import pandas as pd
 
-    ident = {"model": model, "layer": result.neurons.layer, "probe": probe,
-             "neuron_set": result.neurons.key, "num_units": len(result.neurons.units)}
     descriptions, scores = [], []
     for run in result.runs:
-        descriptions.append(run.descriptions.assign(describer=run.describer, setting=run.setting,
-                                                    **ident))
-        scores.append(run.scores.assign(describer=run.describer, setting=run.setting, **ident))
+        extra = {"describer": run.describer, "setting": run.setting,
+                 **_ident(result, run.layer, model, probe)}
+        descriptions.append(run.descriptions.assign(**extra).assign(role=run.role))
+        scores.append(run.scores.assign(**extra).assign(role=run.role))
     front = ["setting", "describer", "model", "layer", "probe", "neuron_set", "num_units", "unit"]
-    d = pd.concat(descriptions, ignore_index=True) if descriptions else pd.DataFrame(columns=front)
-    s = pd.concat(scores, ignore_index=True) if scores else pd.DataFrame(columns=front)
-    d = d[front + [c for c in d.columns if c not in front]]
-    s = s[front + [c for c in s.columns if c not in front]]
+    empty = pd.DataFrame(columns=[*front, "role"])
+    d = pd.concat(descriptions, ignore_index=True) if descriptions else empty
+    s = pd.concat(scores, ignore_index=True) if scores else empty
+    d = d[front + [c for c in d.columns if c not in front and c != "role"] + ["role"]]
+    s = s[front + [c for c in s.columns if c not in front and c != "role"] + ["role"]]
     return d, s
+
+
+def costs_table(result: "JobResult") -> "pd.DataFrame":
+    """One row per (setting, layer): seconds and model calls per unit (:data:`COLUMNS
+    <dndbench.costs.COLUMNS>`)."""
+    import pandas as pd
+
+    rows = [cost_row(run.setting, run.describer, run.layer, run.units, run.seconds, run.cost)
+            for run in result.runs]
+    return pd.DataFrame(rows, columns=COST_COLUMNS)
+
+
+def pooled_costs(costs: "pd.DataFrame") -> dict[str, dict[str, Any]]:
+    """Each setting's cost over all its layers: totals over units, divided by all units."""
+    out: dict[str, dict[str, Any]] = {}
+    per_unit = [c for c in COST_COLUMNS if c.endswith("_per_unit")]
+    for setting, rows in costs.groupby("setting", sort=False):
+        units = int(rows["units"].sum())
+        entry: dict[str, Any] = {"describer": str(rows["describer"].iloc[0]), "units": units,
+                                 "seconds": round(float(rows["seconds"].sum()), 4)}
+        for column in per_unit:  # unit-weighted mean of the layers' per-unit figures
+            values = rows[column].astype(float) * rows["units"]
+            entry[column] = (float(values.sum()) / max(1, units) if values.notna().all()
+                             else None)
+        out[str(setting)] = entry
+    return out
+
+
+def _layer_costs(costs: "pd.DataFrame") -> dict[str, dict[str, Any]]:
+    out = {}
+    for row in costs.to_dict("records"):
+        out[str(row["setting"])] = {k: (None if isinstance(v, float) and math.isnan(v) else v)
+                                    for k, v in row.items() if k not in ("setting", "layer")}
+    return out
+
+
+def _metrics_entry(scores: "pd.DataFrame", settings: dict[str, str]) -> dict[str, Any]:
+    """``{"describers": {setting: {"role", "metrics"}}, "metrics": ...}`` over ``scores``;
+    ``metrics`` is the one setting's, or ``<setting>/<metric>`` keys with several."""
+    per_describer: dict[str, dict[str, Any]] = {
+        setting: {"metrics": summarise(scores[scores.setting == setting]), "role": role}
+        for setting, role in settings.items()}
+    entry: dict[str, Any] = {"describers": per_describer}
+    if len(per_describer) == 1:
+        entry["metrics"] = next(iter(per_describer.values()))["metrics"]
+    else:
+        entry["metrics"] = {f"{setting}/{metric}": value
+                            for setting, e in per_describer.items()
+                            for metric, value in e["metrics"].items()}
+    return entry
+
+
+def summary(result: "JobResult", scores: "pd.DataFrame", costs: "pd.DataFrame") -> dict[str, Any]:
+    """summary.json: pooled over every layer (unit-weighted) at the top, per layer under
+    ``layers``; ``costs`` beside the metrics in both."""
+    settings = {run.setting: run.role for run in result.runs}
+    out = _metrics_entry(scores, settings)
+    out["costs"] = pooled_costs(costs)
+    out["layers"] = {}
+    for neurons in result.neuron_sets:
+        layer_settings = {r.setting: r.role for r in result.runs if r.layer == neurons.layer}
+        entry = _metrics_entry(scores[scores.layer == neurons.layer], layer_settings)
+        entry["units"] = len(neurons.units)
+        entry["costs"] = _layer_costs(costs[costs.layer == neurons.layer])
+        out["layers"][neurons.layer] = entry
+    return out
 
 
 def write_run(run_dir: Path, result: "JobResult", config: dict[str, Any], overrides: list[str],
@@ -97,18 +178,12 @@ def write_run(run_dir: Path, result: "JobResult", config: dict[str, Any], overri
     """Write every file of the run directory; return (descriptions, scores)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     descriptions, scores = tables(result, model, probe)
+    costs = costs_table(result)
     write_csv(run_dir / "descriptions.csv", descriptions)
     write_csv(run_dir / "scores.csv", scores)
-    per_describer = {run.setting: {"metrics": summarise(scores[scores.setting == run.setting])}
-                     for run in result.runs}
-    summary: dict[str, Any] = {"describers": per_describer}
-    if len(result.runs) == 1:
-        summary["metrics"] = next(iter(per_describer.values()))["metrics"]
-    else:
-        summary["metrics"] = {f"{setting}/{metric}": value
-                              for setting, entry in per_describer.items()
-                              for metric, value in entry["metrics"].items()}
-    write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+    write_csv(run_dir / "costs.csv", costs)
+    write_text(run_dir / "summary.json", json.dumps(summary(result, scores, costs), indent=2))
+    several = len(result.neuron_sets) > 1
     record = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "seconds": round(time.time() - started, 3),
@@ -116,13 +191,15 @@ def write_run(run_dir: Path, result: "JobResult", config: dict[str, Any], overri
         "overrides": [o for o in overrides if not SECRET_KEY.search(o.split("=")[0])],
         "versions": package_versions(),
         "neurons": result.neurons.to_dict(),
+        "neuron_sets": [n.to_dict() for n in result.neuron_sets],
         "timings": {k: round(v, 3) for k, v in result.timings.items()},
-        "counts": {**result.counts, "units": len(result.neurons.units),
+        "counts": {**result.counts, "units": sum(len(n.units) for n in result.neuron_sets),
                    "descriptions": int(len(descriptions)), "scores": int(len(scores))},
-        "describers": {run.setting: {"name": run.describer, "seconds": round(run.seconds, 3),
-                                     "from_cache": run.from_cache,
-                                     "missing_units": run.missing_units}
-                       for run in result.runs},
+        "describers": {(f"{run.layer}/{run.setting}" if several else run.setting): {
+            "name": run.describer, "layer": run.layer, "role": run.role,
+            "seconds": round(run.seconds, 3), "from_cache": run.from_cache,
+            "missing_units": run.missing_units, "counters": run.counters}
+            for run in result.runs},
     }
     write_text(run_dir / "run.json", json.dumps(record, indent=2, default=str))
     return descriptions, scores

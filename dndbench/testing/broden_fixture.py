@@ -19,6 +19,7 @@ Image 0 always has its red square at :data:`RED_BOX_0`; other positions are draw
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,7 @@ def _layout(rng: np.random.Generator, index: int, size: int) -> tuple[tuple[int,
         red = RED_BOX_0[:2] if index == 0 else tuple(8 * rng.integers(0, cells, 2))
         ball = tuple(8 * rng.integers(0, cells - 1, 2))
         if not (ball[0] - 8 < red[0] < ball[0] + 16 and ball[1] - 8 < red[1] < ball[1] + 16):
-            return red, ball  # type: ignore[return-value]
+            return red, ball
 
 
 def _image(rng: np.random.Generator, size: int, red: tuple[int, int] | None,
@@ -128,7 +129,7 @@ def make_broden_fixture(root: Path | str, n_images: int = 12, seed: int = 0,
     return root
 
 
-def _write_csv(path: Path, fields: list[str], rows: list[dict[str, object]]) -> None:
+def _write_csv(path: Path, fields: list[str], rows: Sequence[Mapping[str, object]]) -> None:
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()

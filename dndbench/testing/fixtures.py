@@ -95,3 +95,28 @@ def write_state_dict(net: "torch.nn.Module", path: Path) -> dict[str, "torch.Ten
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, path)
     return state
+
+
+def write_tiny_milan_checkpoint(path: Path, *, epochs: int = 10, seed: int = 0) -> Path:
+    """A MILAN checkpoint (``describer=milan checkpoint=...``) with a tiny captioner and language
+    model trained for ``epochs`` on the generated annotation folder of
+    :mod:`dndbench.testing.milan_fixture` (seconds on a CPU); returns ``path``."""
+    import torch
+
+    from dndbench.describers.milan.annotations import load_milannotations
+    from dndbench.describers.milan.model import EncoderSpec, Sizes, build_backbone
+    from dndbench.describers.milan.training import FitConfig, train_on_units
+    from dndbench.testing.milan_fixture import make_milannotations
+
+    sizes = Sizes(embedding_size=16, hidden_size=32, lm_embedding_size=16, lm_hidden_size=32,
+                  lm_layers=2, dropout=0.1, lm_dropout=0.1)
+    spec = EncoderSpec(arch="toynet", input_size=16, mean=(0.5,) * 3, std=(0.25,) * 3,
+                       options={"widths": [4, 4, 8, 8], "blocks": 1})
+    units = load_milannotations(make_milannotations(path.parent / f"{path.stem}-annotations"))
+    torch.manual_seed(0)
+    milan = train_on_units(units, spec, build_backbone(spec), sizes,
+                           FitConfig(epochs=epochs, lm_epochs=epochs, batch_size=4, lr=1e-2,
+                                     hold_out=0.2, seed=seed, refit=False), progress=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    milan.save(path)
+    return path

@@ -115,7 +115,7 @@ def image_batch(images: list["Image.Image"]) -> torch.Tensor:
     for im in images:
         im = im.convert("RGB")
         if im.size != (INPUT_SIZE, INPUT_SIZE):
-            im = im.resize((INPUT_SIZE, INPUT_SIZE), Image.BILINEAR)
+            im = im.resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling.BILINEAR)
         arrays.append(np.asarray(im).transpose(2, 0, 1))
     return normalise(torch.from_numpy(np.stack(arrays)))
 

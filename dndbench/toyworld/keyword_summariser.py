@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from dndbench.backends.base import LLMS, LLM, BackendConfig, Messages
+from dndbench.backends.base import LLM, LLMS, BackendConfig, Messages
 
 STOP_WORDS = frozenset("""
 a an the and or but of on in at to for from with without by as into onto over under near
@@ -32,18 +32,21 @@ kind sort type""".split())
 _CATEGORY_ORDER = ("colour", "texture", "shape", "scene")
 
 
+@dataclass
+class KeywordConfig(BackendConfig):
+    """``max_words``: terms in a summary; ``min_share``: share of descriptions a term beyond the
+    first must occur in; ``max_simplify_words``: terms of a one-caption answer."""
+
+    max_words: int = 3
+    min_share: float = 0.5
+    max_simplify_words: int = 6
+
+
 @LLMS.register("keyword")
-class KeywordLLM(LLM):
+class KeywordLLM(LLM[KeywordConfig]):
     """Keyword baseline (not an LLM): answers the most frequent content words of the captions."""
 
-    @dataclass
-    class Config(BackendConfig):
-        """``max_words``: terms in a summary; ``min_share``: share of descriptions a term
-        beyond the first must occur in; ``max_simplify_words``: terms of a one-caption answer."""
-
-        max_words: int = 3
-        min_share: float = 0.5
-        max_simplify_words: int = 6
+    Config = KeywordConfig
 
     @property
     def model_id(self) -> str:

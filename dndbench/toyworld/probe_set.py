@@ -20,20 +20,25 @@ if TYPE_CHECKING:
     from dndbench.toyworld.world import SceneSpec
 
 
+@dataclass
+class ToyWorldConfig(ProbeConfig):
+    """``size`` images of ``image_size`` pixels generated from ``seed``."""
+
+    seed: int = 1000
+    size: int = 2000
+    image_size: int = 64
+
+
 @PROBES.register("toyworld")
-class ToyWorldProbe(ProbeSet):
+class ToyWorldProbe(ProbeSet[ToyWorldConfig]):
     """Generated toy-world images with shape/colour/texture masks and scene labels."""
 
-    @dataclass
-    class Config(ProbeConfig):
-        seed: int = 1000
-        size: int = 2000
-        image_size: int = 64
+    Config = ToyWorldConfig
 
     #: renders kept in memory, so image(i) followed by annotation(i) renders once
     _KEEP = 64
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: ToyWorldConfig) -> None:
         super().__init__(config)
         if config.size < 1 or config.image_size < 8:
             raise ConfigError(f"probe toyworld needs size >= 1 and image_size >= 8, got "

@@ -8,13 +8,19 @@ rendered at another size looks the same, only sharper or coarser.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from dndbench.probes.base import Annotation
-from dndbench.toyworld.world import (PIXEL_CATEGORIES, ObjectSpec, SceneSpec, concept_id,
-                                        sample_scene)
+from dndbench.toyworld.world import (
+    PIXEL_CATEGORIES,
+    ObjectSpec,
+    SceneSpec,
+    concept_id,
+    sample_scene,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -331,3 +337,38 @@ def render_image(spec: SceneSpec, size: int = REFERENCE_SIZE) -> "Image.Image":
     from PIL import Image
 
     return Image.fromarray(render(spec, size)[0], "RGB")
+
+
+# -- render styles ---------------------------------------------------------------------------
+#: ``default``: the distribution of ToyNet's training images and of the toy probe set;
+#: ``heldout``: the same concepts drawn outside it (see :func:`heldout_spec`)
+STYLES: tuple[str, ...] = ("default", "heldout")
+#: shapes that a rotation past the training range would turn into another shape's look
+_ROTATION_SENSITIVE = frozenset({"square", "diamond", "cross"})
+
+
+def _edge_centre(rng: np.random.Generator, radius: float, low: float, high: float) -> float:
+    """A centre coordinate ``low``-``high`` radii from one of the two edges."""
+    offset = float(rng.uniform(low, high)) * radius
+    return offset if rng.random() < 0.5 else 1.0 - offset
+
+
+def heldout_spec(spec: SceneSpec, rng: np.random.Generator) -> SceneSpec:
+    """``spec`` in the held-out style: the same concepts (shape, colour, texture, scene) and the
+    same distractor, but the main object is a close-up (radius 0.36-0.44 of the side) or small
+    (0.14-0.18) where training radii are 0.2-0.34, sits near the image's edges (a close-up may
+    be cut by them, a small object stays inside), is rotated by 35-60 degrees where training
+    stays within 30 (rotation-sensitive shapes keep the training range), and the pixel noise is
+    stronger (standard deviation 9-14 instead of 2-6).  The default style never goes through
+    this function, so its images are unchanged."""
+    main = spec.main
+    large = rng.random() < 0.5
+    radius = float(rng.uniform(0.36, 0.44) if large else rng.uniform(0.14, 0.18))
+    low, high = (0.6, 0.85) if large else (1.0, 1.3)
+    if main.shape in _ROTATION_SENSITIVE:
+        angle = main.angle
+    else:
+        angle = math.radians(float(rng.uniform(35.0, 60.0))) * (1 if rng.random() < 0.5 else -1)
+    moved = replace(main, radius=radius, angle=angle, cx=_edge_centre(rng, radius, low, high),
+                    cy=_edge_centre(rng, radius, low, high))
+    return replace(spec, objects=(moved, *spec.objects[1:]), noise=float(rng.uniform(9.0, 14.0)))

@@ -24,25 +24,30 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class ToyNetConfig(ModelConfig):
+    """``seed``, ``train_images`` and ``epochs`` select (and, on first use, train) the weights."""
+
+    seed: int = 0
+    train_images: int = 6000
+    epochs: int = 6
+
+
 @MODELS.register("toynet")
-class ToyNetModel(TargetModel):
+class ToyNetModel(TargetModel[ToyNetConfig]):
     """ToyNet: shape classifier of toy-world images whose planted hidden units have known concepts."""
 
-    @dataclass
-    class Config(ModelConfig):
-        seed: int = 0
-        train_images: int = 6000
-        epochs: int = 6
-
+    Config = ToyNetConfig
     final_layer = "fc"
     input_size = 64
+    track = "toy"  # the toy world's probe and backends by default
 
     def train_config(self) -> "TrainConfig":
         """The full training config these options select."""
         from dndbench.toyworld.train_toynet import TrainConfig
 
         c = self.config
-        return TrainConfig(seed=c.seed, train_images=c.train_images, epochs=c.epochs)  # type: ignore[attr-defined]
+        return TrainConfig(seed=c.seed, train_images=c.train_images, epochs=c.epochs)
 
     def weights_fingerprint(self) -> str:
         from dndbench.toyworld.train_toynet import training_key
@@ -63,7 +68,7 @@ class ToyNetModel(TargetModel):
                 from dndbench.toyworld.train_toynet import train
 
                 log.warning("training toynet (first use, about 1.5 minutes on CPU) into %s", folder)
-                train(self.train_config(), folder)
+                train(self.train_config(), folder, progress=self.progress)
         return folder
 
     def meta(self) -> dict[str, Any]:
@@ -77,8 +82,8 @@ class ToyNetModel(TargetModel):
     def build(self, pretrained: bool) -> "torch.nn.Module":
         import torch
 
-        from dndbench.toyworld.world import SHAPES
         from dndbench.toyworld.network import ToyNet
+        from dndbench.toyworld.world import SHAPES
 
         cfg = self.train_config()
         net = ToyNet(len(SHAPES), tuple(cfg.widths), cfg.blocks)

@@ -12,6 +12,9 @@
 * ``text2image=toy`` (:class:`ToyRenderer`): finds the toy concept words of a prompt, fixes them
   and draws the rest of the scene at random; unknown words are ignored and a prompt that names
   no concept gets fully random scenes (so "One realistic image of {c}" works for any c).
+  ``text2image.style=heldout`` draws the same concepts outside the training / probe
+  distribution (other object scales, positions, rotations; more pixel noise), for metrics
+  that must not score with the generator a describer optimised against.
 
 Captioner and CLIP share one network (:mod:`dndbench.toyworld.backend_network`), trained on first
 use into ``<cache>/toy_backends/<key>/`` (about half a minute on CPU; or ahead of time with
@@ -25,17 +28,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dndbench.backends.base import (CAPTIONERS, TEXT2IMAGE, VLMS, BackendConfig, Captioner,
-                                    TextToImage, VisionLanguageModel, png_bytes)
+from dndbench.backends.base import (
+    CAPTIONERS,
+    TEXT2IMAGE,
+    VLMS,
+    BackendConfig,
+    Captioner,
+    TextToImage,
+    VisionLanguageModel,
+    png_bytes,
+)
 from dndbench.cache import Cache, stable_hash
 from dndbench.errors import DataError
+from dndbench.registry import Choice
 
 if TYPE_CHECKING:
     import numpy as np
     from PIL import Image
 
-    from dndbench.toyworld.world import SceneSpec
     from dndbench.toyworld.train_toy_backends import BackendTrainConfig
+    from dndbench.toyworld.world import SceneSpec
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +59,8 @@ _LOADED: dict[tuple[str, str], Any] = {}
 class ToyModelConfig(BackendConfig):
     """Options of the trained toy backends: ``seed``, ``train_images`` and ``epochs`` select
     (and, on first use, train) the weights."""
+
+    cache_tag = "ToyModelConfig"  # its name when configs were hashed by class name
 
     batch_size: int = 128
     seed: int = 0
@@ -106,7 +120,7 @@ def _load(folder: Path, device: str) -> Any:
 
     try:
         config = json.loads((folder / "meta.json").read_text())["config"]
-        model = ToyDual(tuple(config["widths"]), config["dim"])  # type: ignore[arg-type]
+        model = ToyDual(tuple(config["widths"]), config["dim"])
         model.load_state_dict(torch.load(folder / "weights.pt", map_location="cpu",
                                          weights_only=True))
     except Exception as exc:  # a truncated or foreign file
@@ -116,7 +130,7 @@ def _load(folder: Path, device: str) -> Any:
 
 
 @CAPTIONERS.register("toy")
-class ToyCaptioner(_ToyTrained, Captioner):
+class ToyCaptioner(_ToyTrained, Captioner[ToyModelConfig]):
     """Toy-world slot captioner: "a red striped star on grass" (offline, trained on first use)."""
 
     Config = ToyModelConfig
@@ -134,7 +148,7 @@ class ToyCaptioner(_ToyTrained, Captioner):
 
 
 @VLMS.register("toy")
-class ToyCLIP(_ToyTrained, VisionLanguageModel):
+class ToyCLIP(_ToyTrained, VisionLanguageModel[ToyModelConfig]):
     """Toy-world CLIP-like dual encoder (offline, trained on first use); unknown words -> <unk>."""
 
     Config = ToyModelConfig
@@ -155,15 +169,27 @@ class ToyCLIP(_ToyTrained, VisionLanguageModel):
         return encode_texts(self.model(), texts, self.device)
 
 
+class RenderStyle(Choice):
+    """``default``: the training / probe distribution; ``heldout``: the same concepts drawn
+    outside it (see :func:`~dndbench.toyworld.render.heldout_spec`)."""
+
+    default = "default"
+    heldout = "heldout"
+
+
+@dataclass
+class ToyRendererConfig(BackendConfig):
+    """``size``: side of the rendered images in pixels; ``style``: a :class:`RenderStyle`."""
+
+    size: int = 64
+    style: RenderStyle = RenderStyle.default
+
+
 @TEXT2IMAGE.register("toy")
-class ToyRenderer(TextToImage):
+class ToyRenderer(TextToImage[ToyRendererConfig]):
     """Toy-world renderer: the prompt's toy concepts fixed, the rest of the scene random."""
 
-    @dataclass
-    class Config(BackendConfig):
-        """``size``: side of the rendered images in pixels."""
-
-        size: int = 64
+    Config = ToyRendererConfig
 
     @property
     def model_id(self) -> str:
@@ -171,17 +197,37 @@ class ToyRenderer(TextToImage):
 
         return f"toyworld-renderer/{GENERATOR_VERSION}"
 
+    def params(self) -> dict[str, Any]:
+        """The config minus device/batch size; ``style`` only when it is not the default, so
+        default-style images keep the call-cache keys they had before styles existed."""
+        out = super().params()
+        if out.get("style") == "default":
+            out.pop("style")
+        return out
+
     def _generate_items(self, items: list[tuple[str, int, int]]) -> list[bytes]:
-        return [png_bytes(render_prompt(prompt, seed, i, self.config.size))
+        return [png_bytes(render_prompt(prompt, seed, i, self.config.size, self.config.style))
                 for prompt, seed, i in items]
 
 
-def render_prompt(prompt: str, seed: int, index: int, size: int = 64) -> "Image.Image":
+def render_prompt(prompt: str, seed: int, index: int, size: int = 64,
+                  style: str = "default") -> "Image.Image":
     """Image ``index`` for ``prompt`` under ``seed``: a random scene showing the prompt's toy
-    concepts (see :func:`~dndbench.toyworld.world.spec_from_text`)."""
+    concepts (see :func:`~dndbench.toyworld.world.spec_from_text`), drawn in ``style``."""
     from dndbench.toyworld.render import render_image
 
-    return render_image(prompt_spec(prompt, seed, index), size)
+    spec = prompt_spec(prompt, seed, index)
+    if style == "heldout":
+        import numpy as np
+
+        from dndbench.toyworld.render import heldout_spec
+
+        rng = np.random.default_rng(int(stable_hash("toy-text2image-heldout", prompt, seed,
+                                                    index), 16))
+        spec = heldout_spec(spec, rng)
+    elif style != "default":
+        raise ValueError(f"unknown render style {style!r}")
+    return render_image(spec, size)
 
 
 def prompt_spec(prompt: str, seed: int, index: int) -> "SceneSpec":

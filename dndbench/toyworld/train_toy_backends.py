@@ -16,6 +16,7 @@ out), disjoint from the probe's (< 1,000,000) and ToyNet's (1,000,000 + 2 * seed
 """
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import time
@@ -243,8 +244,8 @@ def train(config: BackendTrainConfig, out: Path | str, progress: bool = True,
 
     out = Path(out)
     started = time.perf_counter()
-    import torch.utils.deterministic as deterministic
-
+    # a module whose attribute is a property, which type checkers cannot see
+    deterministic: Any = importlib.import_module("torch.utils.deterministic")
     was = (torch.are_deterministic_algorithms_enabled(), deterministic.fill_uninitialized_memory)
     torch.use_deterministic_algorithms(True)
     # filling every new tensor with NaN (on by default in deterministic mode) doubles the step time
@@ -295,8 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     from dndbench.toyworld.training_cli import run_training_command
 
     return run_training_command(argv, prog="python -m dndbench.toyworld.train_toy_backends",
-                                description="Train the toy CLIP and toy captioner.", config_class=BackendTrainConfig,
-                                default_out=out_dir, train=train, format_report=format_report)
+                                description="Train the toy CLIP and toy captioner.",
+                                config_class=BackendTrainConfig, default_out=out_dir,
+                                train=train, format_report=format_report)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ post-ReLU activation map, so their meaning is known by construction.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import time
@@ -21,8 +22,9 @@ from typing import Any
 import numpy as np
 
 from dndbench.cache import atomic_path, default_cache_dir, stable_hash
-from dndbench.toyworld.world import GENERATOR_VERSION, SHAPES, all_concepts
+from dndbench.hooks import record_outputs
 from dndbench.toyworld.render import REFERENCE_SIZE, concept_mask, generate
+from dndbench.toyworld.world import GENERATOR_VERSION, SHAPES, all_concepts
 
 #: bump whenever a change of the network or of training alters the trained weights
 TOYNET_VERSION = "toynet-v1"
@@ -133,36 +135,18 @@ def make_data(stream: int, count: int, planted: list[tuple[str, int, str]],
 
 
 # -- training --------------------------------------------------------------------------------
-class _Capture:
-    """Forward hooks that keep the outputs of the layers holding planted units."""
-
-    def __init__(self, net: Any, layers: list[str]) -> None:
-        self.outputs: dict[str, Any] = {}
-        modules = dict(net.named_modules())
-        self.handles = [modules[layer].register_forward_hook(self._hook(layer)) for layer in layers]
-
-    def _hook(self, layer: str) -> Any:
-        def hook(_m: Any, _i: Any, out: Any) -> None:
-            self.outputs[layer] = out
-        return hook
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-
-
 def _unit_index(config: TrainConfig) -> dict[str, list[int]]:
     return {layer: [int(u) for u in sorted(units, key=int)] for layer, units in config.planted.items()}
 
 
-def _aux_loss(capture: _Capture, targets: dict[str, Any], units: dict[str, list[int]]) -> Any:
+def _aux_loss(outputs: dict[str, Any], targets: dict[str, Any], units: dict[str, list[int]]) -> Any:
     """Class-balanced squared error between planted units' maps and their concept masks:
     errors inside and outside the masks are averaged separately, so rare concepts count."""
     import torch
 
     losses = []
     for layer, target in targets.items():
-        err = (capture.outputs[layer][:, units[layer]] - target) ** 2
+        err = (outputs[layer][:, units[layer]] - target) ** 2
         pos = (target > 0.5).float()
         dims = (0, 2, 3)
         inside = (err * pos).sum(dims) / pos.sum(dims).clamp(min=1.0)
@@ -181,7 +165,6 @@ def _train_network(config: TrainConfig, data: ToyData, progress: bool) -> Any:
     torch.manual_seed(config.seed)
     net = ToyNet(len(SHAPES), tuple(config.widths), config.blocks)
     units = _unit_index(config)
-    capture = _Capture(net, list(units))
     images = torch.from_numpy(data.images)
     labels = torch.from_numpy(data.labels)
     targets = {k: torch.from_numpy(v) for k, v in data.targets.items()}
@@ -193,23 +176,23 @@ def _train_network(config: TrainConfig, data: ToyData, progress: bool) -> Any:
     net.train()
     bar = tqdm(total=config.epochs * steps_per_epoch, desc="training toynet", disable=not progress,
                mininterval=2.0)
-    for epoch in range(config.epochs):
-        order = torch.randperm(len(labels), generator=order_gen)
-        for step in range(steps_per_epoch):
-            idx = order[step * config.batch_size:(step + 1) * config.batch_size]
-            logits = net(normalise(images[idx]))
-            ce = F.cross_entropy(logits, labels[idx])
-            aux = _aux_loss(capture, {k: v[idx] for k, v in targets.items()}, units)
-            loss = ce + config.aux_weight * aux
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, ce=f"{ce.item():.3f}", aux=f"{aux.item():.3f}",
-                            refresh=False)
+    with record_outputs(net, list(units)) as outputs:
+        for epoch in range(config.epochs):
+            order = torch.randperm(len(labels), generator=order_gen)
+            for step in range(steps_per_epoch):
+                idx = order[step * config.batch_size:(step + 1) * config.batch_size]
+                logits = net(normalise(images[idx]))
+                ce = F.cross_entropy(logits, labels[idx])
+                aux = _aux_loss(outputs, {k: v[idx] for k, v in targets.items()}, units)
+                loss = ce + config.aux_weight * aux
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, ce=f"{ce.item():.3f}", aux=f"{aux.item():.3f}",
+                                refresh=False)
     bar.close()
-    capture.remove()
     net.eval()
     return net
 
@@ -232,15 +215,14 @@ def _test_outputs(net: Any, data: ToyData, layers: list[str]) -> tuple[np.ndarra
 
     from dndbench.toyworld.network import normalise
 
-    capture = _Capture(net, layers)
-    preds, maps = [], {layer: [] for layer in layers}
-    with torch.no_grad():
+    preds: list[np.ndarray] = []
+    maps: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
+    with record_outputs(net, layers) as outputs, torch.no_grad():
         for start in range(0, len(data.labels), 256):
             batch = torch.from_numpy(data.images[start:start + 256])
             preds.append(net(normalise(batch)).argmax(1).numpy())
             for layer in layers:
-                maps[layer].append(capture.outputs[layer].numpy())
-    capture.remove()
+                maps[layer].append(outputs[layer].numpy())
     return np.concatenate(preds), {k: np.concatenate(v) for k, v in maps.items()}
 
 
@@ -291,8 +273,8 @@ def train(config: TrainConfig, out_dir: Path | str, progress: bool = True,
     out_dir = Path(out_dir)
     started = time.perf_counter()
     planted = planted_list(config)
-    import torch.utils.deterministic as deterministic
-
+    # a module whose attribute is a property, which type checkers cannot see
+    deterministic: Any = importlib.import_module("torch.utils.deterministic")
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     was_filling = deterministic.fill_uninitialized_memory
     torch.use_deterministic_algorithms(True)
@@ -346,8 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     from dndbench.toyworld.training_cli import run_training_command
 
     return run_training_command(argv, prog="python -m dndbench.toyworld.train_toynet",
-                                description="Train ToyNet on generated toy-world images.", config_class=TrainConfig,
-                                default_out=default_out_dir, train=train, format_report=format_report)
+                                description="Train ToyNet on generated toy-world images.",
+                                config_class=TrainConfig, default_out=default_out_dir,
+                                train=train, format_report=format_report)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 
 def run_training_command(argv: list[str] | None, *, prog: str, description: str,
-                         config_class: type, default_out: Callable[[Any], Path],
+                         config_class: type[Any], default_out: Callable[[Any], Path],
                          train: Callable[..., dict[str, Any]],
                          format_report: Callable[[dict[str, Any]], str]) -> int:
     """Parse ``--seed --out --train-images --epochs --quiet``, train, print the report."""

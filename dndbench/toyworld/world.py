@@ -62,7 +62,7 @@ _ROTATION_LIMIT = math.radians(30)
 @lru_cache(maxsize=1)
 def all_concepts() -> tuple[Concept, ...]:
     """Every concept of the toy world; ids are global and start at 1."""
-    concepts = []
+    concepts: list[Concept] = []
     for category, names in CATEGORIES.items():
         for name in names:
             concepts.append(Concept(len(concepts) + 1, name, category))

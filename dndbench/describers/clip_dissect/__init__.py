@@ -19,11 +19,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from dndbench.activations import POOLINGS
 from dndbench.cache import stable_hash
+from dndbench.describers.base import DESCRIBERS, Describer, DescriberConfig, Description, Pooling
 from dndbench.describers.clip_dissect.concept_sets import load_concept_set
-from dndbench.describers.base import DESCRIBERS, Describer, DescriberConfig, Description
-from dndbench.describers.clip_dissect.similarity import SIMILARITIES
+from dndbench.describers.clip_dissect.similarity import SIMILARITIES, Similarity
 from dndbench.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -31,51 +30,47 @@ if TYPE_CHECKING:
     from dndbench.context import Context
 
 
+@dataclass
+class ClipDissectConfig(DescriberConfig):
+    """``concept_set``: ``toy``, ``imagenet`` (model class names), ``probe``/``broden`` (probe
+    concepts) or a file with one concept per line; ``similarity``: soft_wpmi, wpmi, cos,
+    cos_pow3 or rank_reorder; ``a`` softmax scale, ``top_k`` top images, ``lam`` weight of
+    log p(t) (None = the function's default); ``p_start``/``p_end``: SoftWPMI membership
+    of the first / last top image; ``top_fraction``, ``power``, ``scale_p``: rank_reorder;
+    ``pooling``: mean, max or min; ``batch_size``: probe images per VLM call."""
+
+    concept_set: str = "toy"
+    similarity: Similarity = Similarity.soft_wpmi
+    a: float | None = None
+    top_k: int | None = None
+    lam: float | None = None
+    p_start: float = 0.998
+    p_end: float = 0.97
+    top_fraction: float = 0.05
+    power: float = 3.0
+    scale_p: float = 0.5
+    pooling: Pooling = Pooling.mean
+    batch_size: int = 256
+
+
 @DESCRIBERS.register("clip_dissect")
-class ClipDissect(Describer):
+class ClipDissect(Describer[ClipDissectConfig]):
     """CLIP-Dissect: label = the concept word whose CLIP image-text similarity pattern over the
     probe set best matches the unit's top-activating images (SoftWPMI)."""
 
-    @dataclass
-    class Config(DescriberConfig):
-        """``concept_set``: ``toy``, ``imagenet`` (model class names), ``probe``/``broden`` (probe
-        concepts) or a file with one concept per line; ``similarity``: soft_wpmi, wpmi, cos,
-        cos_pow3 or rank_reorder; ``a`` softmax scale, ``top_k`` top images, ``lam`` weight of
-        log p(t) (None = the function's default); ``p_start``/``p_end``: SoftWPMI membership
-        of the first / last top image; ``top_fraction``, ``power``, ``scale_p``: rank_reorder;
-        ``pooling``: mean, max or min; ``batch_size``: probe images per VLM call."""
-
-        concept_set: str = "toy"
-        similarity: str = "soft_wpmi"
-        a: float | None = None
-        top_k: int | None = None
-        lam: float | None = None
-        p_start: float = 0.998
-        p_end: float = 0.97
-        top_fraction: float = 0.05
-        power: float = 3.0
-        scale_p: float = 0.5
-        pooling: str = "mean"
-        batch_size: int = 256
+    Config = ClipDissectConfig
 
     needs_weights = True
     needs_probe = True
     uses_backends = ("vlm",)
     version = "1"
 
-    def __init__(self, config: "ClipDissect.Config") -> None:
+    def __init__(self, config: ClipDissectConfig) -> None:
         super().__init__(config)
-        self.config: ClipDissect.Config = config
         self._validate()
 
     def _validate(self) -> None:
         c = self.config
-        if c.similarity not in SIMILARITIES:
-            raise ConfigError(f"clip_dissect: similarity must be one of {', '.join(SIMILARITIES)}, "
-                              f"got {c.similarity!r}")
-        if c.pooling not in POOLINGS:
-            raise ConfigError(f"clip_dissect: pooling must be one of {', '.join(POOLINGS)}, "
-                              f"got {c.pooling!r}")
         if (c.top_k is not None and c.top_k < 1) or c.batch_size < 1:
             raise ConfigError("clip_dissect: top_k and batch_size must be >= 1")
         if not 0 < c.p_end <= c.p_start <= 1 or not 0 < c.top_fraction <= 1:
@@ -144,5 +139,5 @@ class ClipDissect(Describer):
         return Description(unit=unit, label=concepts[order[0]],
                            alternatives=[concepts[i] for i in order[1:3]],
                            score=float(sim[order[0]]),
-                           extras={"similarity_fn": self.config.similarity,
+                           extras={"similarity_fn": str(self.config.similarity),
                                    "concept_set_size": len(concepts)})

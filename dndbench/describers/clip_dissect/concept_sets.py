@@ -62,14 +62,15 @@ def model_class_concepts(model: "TargetModel") -> list[str]:
 
 
 def probe_concepts(probe: "ProbeSet") -> list[str]:
-    """The probe's annotated concept names, made readable (Broden suffixes removed)."""
-    from dndbench.describers.netdissect import clean_label
+    """The probe's annotated concept names, cleaned as the authors' Broden concept list spells
+    them (:func:`~dndbench.describers.published.clean_broden_label`)."""
+    from dndbench.describers.published import clean_broden_label
 
     concepts = probe.concepts()
     if not concepts:
         raise ConfigError(f"concept sets 'probe' / 'broden' use the probe's annotated concepts, "
                           f"but probe {probe.config.name!r} has none (use probe=broden or a file)")
-    return unique_concepts(clean_label(c.name) for c in concepts)
+    return unique_concepts(clean_broden_label(c.name) for c in concepts)
 
 
 def load_concept_set(spec: str, model: "TargetModel | None" = None,

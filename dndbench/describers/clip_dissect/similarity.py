@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from dndbench.registry import Choice
+
 if TYPE_CHECKING:
     import torch
 
@@ -157,10 +159,20 @@ def rank_reorder(P: np.ndarray, acts: np.ndarray, units: Sequence[int], *,
     return out.numpy()
 
 
+class Similarity(Choice):
+    """The ``similarity`` option: a key of :data:`SIMILARITIES`."""
+
+    soft_wpmi = "soft_wpmi"
+    wpmi = "wpmi"
+    cos = "cos"
+    cos_pow3 = "cos_pow3"
+    rank_reorder = "rank_reorder"
+
+
 SIMILARITIES: dict[str, Callable[..., np.ndarray]] = {
-    "soft_wpmi": soft_wpmi,
-    "wpmi": wpmi,
-    "cos": cos,
-    "cos_pow3": cos_pow3,
-    "rank_reorder": rank_reorder,
+    Similarity.soft_wpmi.value: soft_wpmi,
+    Similarity.wpmi.value: wpmi,
+    Similarity.cos.value: cos,
+    Similarity.cos_pow3.value: cos_pow3,
+    Similarity.rank_reorder.value: rank_reorder,
 }

@@ -27,10 +27,10 @@ first-occurrence order; ties are broken by candidate index (lower first).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dndbench.describers.base import DESCRIBERS, Describer, DescriberConfig, Description
+from dndbench.describers.base import DESCRIBERS, Describer, Description
+from dndbench.describers.dnd.config import DnDConfig
 from dndbench.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -38,35 +38,16 @@ if TYPE_CHECKING:
 
 
 @DESCRIBERS.register("dnd")
-class DnDDescriber(Describer):
+class DnDDescriber(Describer[DnDConfig]):
     """Describe-and-Dissect: captions -> LLM candidates -> text-to-image -> best concept."""
 
-    @dataclass
-    class Config(DescriberConfig):
-        k: int = 10  #: top images per unit (before and after cropping)
-        pooling: str = "mean"  #: how a unit's map becomes one activation
-        crops: bool = True  #: step 1 attention cropping (skipped for layers without maps)
-        crop_size: int = 375  #: images are resized to this side before cropping
-        heatmap: str = "minmax"  #: ``minmax`` or the code's ``raw`` 8-bit conversion
-        max_crops_per_image: int = 4
-        crop_max_iou: float = 0.5  #: a crop's IoU with every kept crop is <= this
-        crop_max_full_iou: float = 0.8  #: a crop's IoU with the whole image is < this
-        simplify: bool = True  #: LLM simplification of each caption before summarising
-        n: int = 5  #: LLM summaries (candidate concepts) per unit
-        q: int = 10  #: synthetic images per candidate
-        prompt_template: str = "One realistic image of {concept}"
-        downscale: bool = False  #: the code's 32x32 downscale of synthetic images
-        scoring: str = "topk_compare"  #: mean, topk_squared, image_products, topk_compare
-        beta: int = 5  #: best ranks averaged by topk_squared
-        top_window: int = 10  #: global top window for image_products
-        seed: int = 0  #: seeds the caption shuffles and the text-to-image backend
-        units_per_batch: int = 0  #: units described together (0 = all; 1 = one at a time)
-
+    Config = DnDConfig
     uses_backends = ("captioner", "llm", "text2image", "vlm")
     in_default_suite = True
-    version = "1"
+    #: 2: extras hold the report's JSON (candidate scores, captions, top images and crops)
+    version = "2"
 
-    def __init__(self, config: "DnDDescriber.Config") -> None:
+    def __init__(self, config: DnDConfig) -> None:
         super().__init__(config)
         check_config(config)
 
@@ -81,20 +62,11 @@ class DnDDescriber(Describer):
         return out
 
 
-def check_config(c: DnDDescriber.Config) -> None:
-    """Raise ConfigError for options out of range."""
-    from dndbench.describers.dnd.cropping import HEATMAP_MODES
-    from dndbench.describers.dnd.selection import SCORINGS
-
+def check_config(c: DnDConfig) -> None:
+    """Raise ConfigError for options out of range (choices are checked by the config itself)."""
     problems = [f"{name} must be >= 1 (got {getattr(c, name)})"
                 for name in ("k", "n", "q", "beta", "top_window", "crop_size",
                              "max_crops_per_image") if getattr(c, name) < 1]
-    if c.scoring not in SCORINGS:
-        problems.append(f"scoring must be one of {', '.join(SCORINGS)} (got {c.scoring!r})")
-    if c.heatmap not in HEATMAP_MODES:
-        problems.append(f"heatmap must be one of {', '.join(HEATMAP_MODES)} (got {c.heatmap!r})")
-    if c.pooling not in ("mean", "max"):
-        problems.append(f"pooling must be mean or max (got {c.pooling!r})")
     if "{concept}" not in c.prompt_template:
         problems.append(f"prompt_template must contain {{concept}} (got {c.prompt_template!r})")
     if c.units_per_batch < 0:

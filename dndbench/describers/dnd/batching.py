@@ -1,12 +1,19 @@
-"""Layer-batched execution of DnD: each step runs once for all units being described.
+"""Layer-batched execution of DnD: each step runs once for all units of a chunk.
 
 Work is shared without changing any unit's result:
 
 * an image in several units' top sets is captioned once (the captioner gets the union);
 * identical LLM conversations are answered once (one ``chat`` call per step, call cache);
 * a concept that is a candidate for several units is drawn once (same prompt and seed);
-* all synthetic images (and crops) go through the target network in one pass that records
-  every unit of the layer.
+* synthetic images (and crops) go through the target network in passes that record every unit
+  of the layer.
+
+Memory does not grow with the number of units: the describer hands :func:`describe_units` the
+layer's units in chunks of ``units_per_batch``, and inside a chunk images are streamed, at most
+:func:`images_per_pass` of them in memory at once.  Generated images live in the call cache on
+disk (PNG, keyed by prompt, seed and index): step 3 draws them once for their activations and
+reads the few it needs again from the cache for the CLIP term.  Probe images and crops are
+rebuilt from the probe's files when they have left the small :class:`ImageBank` memo.
 
 Per-unit results depend only on the unit: shuffles are seeded by (seed, unit, draw), ties are
 broken by fixed orders, and every target-network pass is padded to whole batches of
@@ -22,14 +29,18 @@ Counters (``ctx.counters``): ``dnd/captioned_images``, ``dnd/llm_calls``,
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
 from dndbench.cache import stable_hash
 from dndbench.describers.dnd import candidates as cand
 from dndbench.describers.dnd import cropping, selection
+from dndbench.describers.dnd.config import DnDConfig
+from dndbench.image_activations import forward_pooled, padded  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -38,10 +49,15 @@ if TYPE_CHECKING:
     from dndbench.describers.base import Description
 
 #: a top image: (probe index, crop box or None for the whole image)
-Source = tuple[int, Optional[cropping.Box]]
-#: bump when the cropping / forward caches would hold different values
-STAGE_VERSION = "1"
+Source = tuple[int, cropping.Box | None]
+#: bump when the cropping / forward caches would hold different values (2: crops cut from the
+#: region the network saw, :mod:`dndbench.geometry`)
+STAGE_VERSION = "2"
 DOWNSCALE_SIZE = 32
+#: target-network batches of images held in memory by one streamed pass
+BATCHES_PER_PASS = 2
+#: probe images and crops the :class:`ImageBank` keeps in memory
+BANK_CAPACITY = 256
 
 
 @dataclass
@@ -58,11 +74,6 @@ class UnitWork:
 
 
 # -- shared helpers ------------------------------------------------------------------------------
-def padded(items: list[Any], size: int) -> list[Any]:
-    """``items`` with its last element repeated up to a multiple of ``size``."""
-    return items + items[-1:] * ((-len(items)) % max(1, size)) if items else items
-
-
 def counted(ctx: "Context", kind: str, counter: str, call: Callable[[Any], Any]) -> Any:
     """Run ``call(backend)`` and add the backend's new cache misses to ``ctx.counters``."""
     backend = ctx.backend(kind)
@@ -72,47 +83,49 @@ def counted(ctx: "Context", kind: str, counter: str, call: Callable[[Any], Any])
     return out
 
 
-class ImageBank:
-    """Probe images and crops of them, each built once per run."""
+def images_per_pass(ctx: "Context") -> int:
+    """How many images a streamed step holds at once (whole target-network batches)."""
+    return max(1, int(ctx.activations.batch_size)) * BATCHES_PER_PASS
 
-    def __init__(self, ctx: "Context", crop_size: int) -> None:
+
+def slices(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    """``items`` cut into consecutive pieces of at most ``size``."""
+    return [items[start:start + size] for start in range(0, len(items), max(1, size))]
+
+
+class ImageBank:
+    """Probe images and crops of them, built on demand and kept in a small LRU memo (at most
+    ``capacity``), so memory does not grow with the number of units; an image that left the
+    memo is rebuilt, identically, from the probe."""
+
+    def __init__(self, ctx: "Context", crop_size: int, capacity: int | None = None) -> None:
         self.ctx, self.crop_size = ctx, crop_size
-        self._memo: dict[Source, "Image.Image"] = {}
+        self.capacity = max(1, BANK_CAPACITY if capacity is None else capacity)
+        self._memo: OrderedDict[Source, "Image.Image"] = OrderedDict()
 
     def get(self, source: Source) -> "Image.Image":
-        if source not in self._memo:
-            index, box = source
-            image = self.ctx.probe.image(index).convert("RGB")
-            self._memo[source] = image if box is None else cropping.crop(image, box, self.crop_size)
-        return self._memo[source]
+        if source in self._memo:
+            self._memo.move_to_end(source)
+            return self._memo[source]
+        index, box = source
+        image = self.ctx.probe.image(index).convert("RGB")
+        if box is not None:
+            image = cropping.crop(image, box, self.crop_size, self.ctx.model.preprocessing())
+        self._memo[source] = image
+        if len(self._memo) > self.capacity:
+            self._memo.popitem(last=False)
+        return image
+
+    def __len__(self) -> int:
+        return len(self._memo)
 
 
-def forward_pooled(ctx: "Context", images: Sequence["Image.Image"], pooling: str) -> np.ndarray:
-    """Pooled activations (len(images), units of the layer) of extra images, cached per image."""
-    from dndbench.backends.base import image_key
-    from dndbench.backends.call_cache import CallCache, call_key
-
-    if not images:
-        return np.zeros((0, 0), np.float32)
-    store = CallCache.for_cache(ctx.cache)
-    layer = ctx.model.resolve_layer(ctx.layer)
-    params = [STAGE_VERSION, ctx.model.weights_fingerprint(), layer, pooling]
-    keys = [call_key("dnd:pooled", ctx.model.config.name, params, image_key(im)) for im in images]
-    found = store.get_many(set(keys))
-    todo: dict[str, "Image.Image"] = {}
-    for key, image in zip(keys, images):
-        if key not in found:
-            todo.setdefault(key, image)
-    if todo:
-        batch = ctx.activations.batch_size
-        batch_images = padded(list(todo.values()), batch)
-        values = ctx.activations.pooled_for_images(layer, batch_images, pooling)[:len(todo)]
-        new = {k: v.astype(np.float32) for k, v in zip(todo, values)}
-        store.put_many(new)
-        found.update(new)
-        ctx.count("dnd/forward_images", len(todo))
-        ctx.count("dnd/forward_padding", len(batch_images) - len(todo))
-    return np.stack([found[k] for k in keys])
+def forward_sources(ctx: "Context", bank: ImageBank, sources: Sequence[Source],
+                    pooling: str) -> np.ndarray:
+    """Pooled activations (len(sources), units of the layer) of probe images / crops, streamed."""
+    parts = [forward_pooled(ctx, [bank.get(s) for s in part], pooling)
+             for part in slices(sources, images_per_pass(ctx))]
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
 # -- step 1: top images and attention crops ------------------------------------------------------
@@ -122,7 +135,7 @@ def top_originals(ctx: "Context", units: Sequence[int], k: int, pooling: str) ->
     return {u: [int(i) for i in np.argsort(-acts[:, u], kind="stable")[:k]] for u in units}
 
 
-def crop_key(ctx: "Context", cfg: Any, unit: int) -> str:
+def crop_key(ctx: "Context", cfg: DnDConfig, unit: int) -> str:
     """Cache key of one unit's cropping result."""
     return stable_hash("dnd-top", STAGE_VERSION, ctx.model.config.name,
                        ctx.model.weights_fingerprint(), ctx.probe.config.name,
@@ -131,7 +144,7 @@ def crop_key(ctx: "Context", cfg: Any, unit: int) -> str:
                        cfg.crop_max_iou, cfg.crop_max_full_iou)
 
 
-def crop_boxes(ctx: "Context", cfg: Any, originals: dict[int, list[int]]
+def crop_boxes(ctx: "Context", cfg: DnDConfig, originals: dict[int, list[int]]
                ) -> dict[tuple[int, int], list[cropping.Box]]:
     """Boxes per (unit, probe index), from one padded pass over the union of top images."""
     union = sorted({i for idx in originals.values() for i in idx})
@@ -152,13 +165,13 @@ def crop_boxes(ctx: "Context", cfg: Any, originals: dict[int, list[int]]
     return boxes
 
 
-def rerank_with_crops(ctx: "Context", cfg: Any, bank: ImageBank, originals: dict[int, list[int]]
+def rerank_with_crops(ctx: "Context", cfg: DnDConfig, bank: ImageBank, originals: dict[int, list[int]]
                       ) -> dict[int, dict[str, Any]]:
     """Top ``k`` of originals and crops per unit, by the unit's pooled activation."""
     boxes = crop_boxes(ctx, cfg, originals)
     crops = {u: [(i, b) for i in idx for b in boxes[(u, i)]] for u, idx in originals.items()}
     unique = list(dict.fromkeys(s for lst in crops.values() for s in lst))
-    acts = forward_pooled(ctx, [bank.get(s) for s in unique], cfg.pooling)
+    acts = forward_sources(ctx, bank, unique, cfg.pooling)
     row = {s: r for r, s in enumerate(unique)}
     probe_acts = ctx.activations.pooled(ctx.layer).get(cfg.pooling)
     out = {}
@@ -170,7 +183,7 @@ def rerank_with_crops(ctx: "Context", cfg: Any, bank: ImageBank, originals: dict
     return out
 
 
-def top_images(ctx: "Context", cfg: Any, units: Sequence[int], bank: ImageBank) -> list[UnitWork]:
+def top_images(ctx: "Context", cfg: DnDConfig, units: Sequence[int], bank: ImageBank) -> list[UnitWork]:
     """Step 1 for every unit: the re-ranked top images (crop stage cached per unit)."""
     originals = top_originals(ctx, units, cfg.k, cfg.pooling)
     if not cfg.crops or ctx.is_final_layer:
@@ -180,24 +193,32 @@ def top_images(ctx: "Context", cfg: Any, units: Sequence[int], bank: ImageBank) 
     fresh = rerank_with_crops(ctx, cfg, bank, missing) if missing else {}
     work = []
     for u in units:
-        entry = ctx.cache.json("dnd_top", keys[u], lambda u=u: fresh[u])
+        entry = ctx.cache.json("dnd_top", keys[u], partial(fresh.__getitem__, u))
         top = [(int(i), tuple(b) if b is not None else None) for i, b in entry["top"]]
-        work.append(UnitWork(u, top, int(entry["n_crops"])))  # type: ignore[arg-type]
+        work.append(UnitWork(u, top, int(entry["n_crops"])))
     return work
 
 
 # -- step 2: candidate concepts ------------------------------------------------------------------
+def _caption(backend: Any, images: list["Image.Image"]) -> list[str]:
+    return list(backend.caption(images))
+
+
 def add_captions(ctx: "Context", work: list[UnitWork], bank: ImageBank) -> None:
-    """Caption the union of all units' top images in one call."""
+    """Caption the union of all units' top images (streamed: one call per pass)."""
     unique = list(dict.fromkeys(s for w in work for s in w.top))
-    captions = counted(ctx, "captioner", "dnd/captioned_images",
-                       lambda b: b.caption([bank.get(s) for s in unique]))
+    captions: list[str] = []
+    for part in slices(unique, images_per_pass(ctx)):
+        images = [bank.get(s) for s in part]
+        captions += counted(ctx, "captioner", "dnd/captioned_images",
+                            partial(_caption, images=images))
+        del images
     by_source = dict(zip(unique, captions))
     for w in work:
         w.captions = [by_source[s] for s in w.top]
 
 
-def add_texts(ctx: "Context", cfg: Any, work: list[UnitWork]) -> None:
+def add_texts(ctx: "Context", cfg: DnDConfig, work: list[UnitWork]) -> None:
     """The texts to summarise: simplified captions (one LLM call per distinct caption) or the
     captions themselves."""
     if not cfg.simplify:
@@ -205,7 +226,7 @@ def add_texts(ctx: "Context", cfg: Any, work: list[UnitWork]) -> None:
             w.texts = list(w.captions)
         return
     unique = list(dict.fromkeys(c for w in work for c in w.captions))
-    answers = ask(ctx, [cand.simplify_conversation(c) for c in unique])
+    answers = ask(ctx, [cand.simplify_conversation(c, cfg.simplify_prompt) for c in unique])
     simple = {c: a or c for c, a in zip(unique, answers)}
     for w in work:
         w.texts = [simple[c] for c in w.captions]
@@ -219,13 +240,15 @@ def ask(ctx: "Context", conversations: list[cand.Messages]) -> list[str]:
     return [cand.after_colon(a) for a in answers]
 
 
-def add_candidates(ctx: "Context", cfg: Any, work: list[UnitWork]) -> None:
+def add_candidates(ctx: "Context", cfg: DnDConfig, work: list[UnitWork]) -> None:
     """N summaries per unit over seeded shuffles, re-asking once for comma-separated answers."""
-    conversations = [cand.summary_conversation(cand.shuffled(w.texts, cfg.seed, w.unit, i))
+    conversations = [cand.summary_conversation(cand.shuffled(w.texts, cfg.seed, w.unit, i),
+                                               cfg.summary_prompt, cfg.answer_rules)
                      for w in work for i in range(cfg.n)]
     answers = ask(ctx, conversations)
     merge_at = [j for j, a in enumerate(answers) if cand.needs_merge(a)]
-    merged = ask(ctx, [cand.merge_conversation(answers[j]) for j in merge_at])
+    merged = ask(ctx, [cand.merge_conversation(answers[j], cfg.merge_prompt, cfg.answer_rules)
+                       for j in merge_at])
     for j, text in zip(merge_at, merged):
         answers[j] = text
     for pos, w in enumerate(work):
@@ -237,8 +260,9 @@ def add_candidates(ctx: "Context", cfg: Any, work: list[UnitWork]) -> None:
 
 
 # -- step 3: best concept selection --------------------------------------------------------------
-def generate(ctx: "Context", cfg: Any, concepts: list[str]) -> dict[str, list["Image.Image"]]:
-    """Q images per concept from one text-to-image call (optionally downscaled to 32x32)."""
+def generate(ctx: "Context", cfg: DnDConfig, concepts: Sequence[str]) -> dict[str, list["Image.Image"]]:
+    """Q images per concept from one text-to-image call (optionally downscaled to 32x32); images
+    drawn before come from the call cache."""
     prompts = [cfg.prompt_template.replace("{concept}", c) for c in concepts]
     images = counted(ctx, "text2image", "dnd/generated_images",
                      lambda b: b.generate(prompts, cfg.q, seed=cfg.seed)) if prompts else []
@@ -252,7 +276,24 @@ def clip_embeddings(ctx: "Context", images: list["Image.Image"]) -> np.ndarray:
     return counted(ctx, "vlm", "dnd/clip_images", lambda b: b.encode_images(images))
 
 
-def describe_work(ctx: "Context", cfg: Any, work: list[UnitWork], bank: ImageBank
+def concepts_per_pass(ctx: "Context", cfg: DnDConfig) -> int:
+    """Concepts whose ``q`` images one streamed pass holds."""
+    return max(1, images_per_pass(ctx) // max(1, cfg.q))
+
+
+def concept_activations(ctx: "Context", cfg: DnDConfig, concepts: Sequence[str]) -> np.ndarray:
+    """Pooled activations (concepts, q, units of the layer) of every concept's synthetic images,
+    drawn and pushed through the network a few concepts at a time."""
+    parts = []
+    for part in slices(concepts, concepts_per_pass(ctx, cfg)):
+        synthetic = generate(ctx, cfg, part)
+        flat = [im for c in part for im in synthetic[c]]
+        del synthetic
+        parts.append(forward_pooled(ctx, flat, cfg.pooling).reshape(len(part), cfg.q, -1))
+    return np.concatenate(parts)
+
+
+def describe_work(ctx: "Context", cfg: DnDConfig, work: list[UnitWork], bank: ImageBank
                   ) -> list["Description"]:
     """Score every unit's candidates on one shared pool of synthetic images."""
     from dndbench.describers.base import Description
@@ -261,14 +302,12 @@ def describe_work(ctx: "Context", cfg: Any, work: list[UnitWork], bank: ImageBan
     if not work:
         return []
     concepts = list(dict.fromkeys(c for w in work for c in w.candidates))
-    synthetic = generate(ctx, cfg, concepts)
-    flat = [im for c in concepts for im in synthetic[c]]
-    acts = forward_pooled(ctx, flat, cfg.pooling).reshape(len(concepts), cfg.q, -1) if flat else None
+    acts = concept_activations(ctx, cfg, concepts)
     at = {c: j for j, c in enumerate(concepts)}
     pos = {w.unit: selection.positions(np.stack([acts[at[c], :, w.unit] for c in w.candidates]))
            for w in work}
     windows = {w.unit: selection.window_images(pos[w.unit], cfg.top_window) for w in work}
-    sims = (window_similarities(ctx, work, synthetic, windows, bank)
+    sims = (window_similarities(ctx, cfg, work, windows, bank)
             if selection.needs_images(cfg.scoring) else {w.unit: [] for w in work})
     out = []
     for w in work:
@@ -278,35 +317,57 @@ def describe_work(ctx: "Context", cfg: Any, work: list[UnitWork], bank: ImageBan
                                score=float(values[order[0]]), extras={
                                    "candidates": " | ".join(w.candidates),
                                    "captions": " | ".join(w.captions),
-                                   "n_crops": w.n_crops}))
+                                   "n_crops": w.n_crops,
+                                   **report_extras(cfg, w, order, values)}))
     return out
 
 
-def window_similarities(ctx: "Context", work: list[UnitWork],
-                        synthetic: dict[str, list["Image.Image"]],
+def report_extras(cfg: DnDConfig, work: UnitWork, order: Sequence[int],
+                  values: np.ndarray) -> dict[str, str]:
+    """What the report shows of a unit's steps, as JSON strings (extras stay flat):
+    ``candidate_scores`` — ``[[candidate, step-3 score], ...]`` best first (the ``scoring``
+    value, oriented so that higher is better); ``caption_list`` — the captions of the top images
+    in order; ``top_images`` — ``{"size": crop_size, "images": [[probe index, box or null],
+    ...]}``, the re-ranked top images (a box is an attention crop in pixels of the
+    ``size`` x ``size`` frame the network saw, see :mod:`~dndbench.describers.dnd.cropping`)."""
+    import json
+
+    ranked = [[work.candidates[j], round(float(values[j]), 6)] for j in order]
+    top = [[int(i), list(box) if box is not None else None] for i, box in work.top]
+    return {"candidate_scores": json.dumps(ranked), "caption_list": json.dumps(work.captions),
+            "top_images": json.dumps({"size": cfg.crop_size, "images": top})}
+
+
+def window_similarities(ctx: "Context", cfg: DnDConfig, work: list[UnitWork],
                         windows: dict[int, list[np.ndarray]], bank: ImageBank
                         ) -> dict[int, list[np.ndarray]]:
-    """Per unit and candidate: mean cosine of each in-window image with the real top images."""
-    needed: dict[Any, "Image.Image"] = {}
+    """Per unit and candidate: mean cosine of each in-window image with the real top images.
+
+    Only embeddings are kept: real images are encoded a pass at a time, and the in-window
+    synthetic images are read back from the call cache a few concepts at a time."""
+    real = list(dict.fromkeys(s for w in work for s in w.top))
+    real_rows: dict[Source, np.ndarray] = {}
+    for part in slices(real, images_per_pass(ctx)):
+        real_rows.update(zip(part, clip_embeddings(ctx, [bank.get(s) for s in part])))
+    wanted: dict[str, set[int]] = {}
     for w in work:
-        for s in w.top:
-            needed.setdefault(("real", s), bank.get(s))
         for c, idx in zip(w.candidates, windows[w.unit]):
-            for j in idx:
-                needed.setdefault(("gen", c, int(j)), synthetic[c][int(j)])
-    keys = list(needed)
-    emb = clip_embeddings(ctx, list(needed.values())) if keys else np.zeros((0, 0))
-    row = {k: r for r, k in enumerate(keys)}
+            wanted.setdefault(c, set()).update(int(j) for j in idx)
+    gen_rows: dict[tuple[str, int], np.ndarray] = {}
+    for part in slices([c for c in wanted if wanted[c]], concepts_per_pass(ctx, cfg)):
+        synthetic = generate(ctx, cfg, part)
+        keys = [(c, j) for c in part for j in sorted(wanted[c])]
+        gen_rows.update(zip(keys, clip_embeddings(ctx, [synthetic[c][j] for c, j in keys])))
     out = {}
     for w in work:
-        real = emb[[row[("real", s)] for s in w.top]]
-        out[w.unit] = [emb[[row[("gen", c, int(j))] for j in idx]] @ real.T if len(idx) else
-                       np.zeros((0, len(w.top))) for c, idx in zip(w.candidates, windows[w.unit])]
-        out[w.unit] = [m.mean(axis=1) for m in out[w.unit]]
+        top = np.stack([real_rows[s] for s in w.top])
+        out[w.unit] = [(np.stack([gen_rows[(c, int(j))] for j in idx]) @ top.T).mean(axis=1)
+                       if len(idx) else np.zeros(0, np.float32)
+                       for c, idx in zip(w.candidates, windows[w.unit])]
     return out
 
 
-def describe_units(ctx: "Context", cfg: Any, units: Sequence[int]) -> list["Description"]:
+def describe_units(ctx: "Context", cfg: DnDConfig, units: Sequence[int]) -> list["Description"]:
     """All three DnD steps for ``units``, each step batched over the units."""
     if not units:
         return []

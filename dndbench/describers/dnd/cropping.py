@@ -4,7 +4,13 @@ A unit's activation map on one of its top images is turned into an 8-bit heatmap
 the crop resolution, thresholded with Otsu's method; the bounding boxes of the foreground
 regions (external contours = connected components with their holes filled) are sorted by area
 and accepted greedily under the overlap limits.  Boxes are ``(x0, y0, x1, y1)`` with exclusive
-ends, in pixels of the ``size`` x ``size`` resized image.
+ends, in pixels of the ``size`` x ``size`` *frame*: the region of the image that the network saw
+when it computed the map (:meth:`~dndbench.geometry.Preprocessing.seen_region`; for a
+torchvision ImageNet model the centre crop of ``weights.transforms()``, for a model that resizes
+the whole image, the whole image), resized to ``size`` x ``size``.  Crops are cut from that
+frame, so they show what the map's hot cells saw.  (The released DnD code squashes the whole
+image to 375 x 375, runs the model on the square and spreads the map over all of it, although
+the model saw only its central 87.5 %; ``docs/real_track.md`` lists this deviation.)
 """
 from __future__ import annotations
 
@@ -12,13 +18,15 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from dndbench.describers.dnd.config import HeatmapMode
+from dndbench.geometry import Preprocessing, Region, crop_region, frame_to_image, full_region
+
 if TYPE_CHECKING:
     from PIL import Image
 
 Box = tuple[int, int, int, int]
-#: heatmap conversions: ``minmax`` (normalise to [0, 255]) or ``raw`` (the released code's
-#: ``x * 255`` cast to uint8, which wraps around for activations above 1)
-HEATMAP_MODES = ("minmax", "raw")
+#: heatmap conversions (see :class:`~dndbench.describers.dnd.config.HeatmapMode`)
+HEATMAP_MODES = tuple(HeatmapMode.values())
 
 
 def heatmap_uint8(activation: np.ndarray, mode: str = "minmax") -> np.ndarray:
@@ -88,7 +96,22 @@ def crop_boxes(activation: np.ndarray, size: int = 375, mode: str = "minmax", ma
     return select_boxes(otsu_boxes(heat), size, max_crops, max_iou, max_full_iou)
 
 
-def crop(image: "Image.Image", box: Box, size: int = 375) -> "Image.Image":
-    """Resize ``image`` to ``size`` x ``size``, cut ``box`` out and resize it back to ``size``."""
-    resized = image.convert("RGB").resize((size, size))
-    return resized.crop(box).resize((size, size))
+def seen_region(image: "Image.Image", preprocessing: Preprocessing | None) -> Region:
+    """The region of ``image`` that a model with ``preprocessing`` sees (None: all of it)."""
+    if preprocessing is None:
+        return full_region(*image.size)
+    return preprocessing.seen_region(*image.size)
+
+
+def crop(image: "Image.Image", box: Box, size: int = 375,
+         preprocessing: Preprocessing | None = None) -> "Image.Image":
+    """The frame of ``image`` (its region seen through ``preprocessing``, default the whole
+    image, resized to ``size`` x ``size``), cut to ``box`` and resized back to ``size``."""
+    frame = crop_region(image.convert("RGB"), seen_region(image, preprocessing), (size, size))
+    return frame.crop(box).resize((size, size))
+
+
+def box_in_image(image: "Image.Image", box: Box, size: int = 375,
+                 preprocessing: Preprocessing | None = None) -> Region:
+    """Where crop ``box`` (frame pixels) lies in ``image``, in the image's own pixels."""
+    return frame_to_image(box, seen_region(image, preprocessing), (size, size))

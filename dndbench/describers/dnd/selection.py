@@ -19,7 +19,9 @@ from typing import Sequence
 
 import numpy as np
 
-SCORINGS = ("mean", "topk_squared", "image_products", "topk_compare")
+from dndbench.describers.dnd.config import Scoring
+
+SCORINGS = tuple(Scoring.values())
 
 
 def positions(activations: np.ndarray) -> np.ndarray:

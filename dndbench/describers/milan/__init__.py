@@ -14,10 +14,10 @@ first use, or loaded from the cache if the training command built it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from dndbench.describers.base import DESCRIBERS, Describer, DescriberConfig, Description
+from dndbench.describers.base import DESCRIBERS, Describer, Description
+from dndbench.describers.milan.config import MilanConfig
 from dndbench.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -25,58 +25,20 @@ if TYPE_CHECKING:
     from dndbench.describers.milan.model import Milan
     from dndbench.describers.milan.training import ToyMilanConfig
 
-STRATEGIES = ("greedy", "beam", "rerank")
-SIZE_PRESETS = ("toy", "paper")
-
 
 @DESCRIBERS.register("milan")
-class MilanDescriber(Describer):
+class MilanDescriber(Describer[MilanConfig]):
     """MILAN: a captioner trained on human descriptions of exemplars, decoded by weighted PMI."""
 
-    @dataclass
-    class Config(DescriberConfig):
-        """Exemplars: ``k`` top images, masks at the ``quantile`` of activations.
-        Decoding: ``strategy`` (greedy, beam, rerank), ``beam_size``, ``max_length`` tokens,
-        ``temperature`` = λ of the PMI re-ranking.  Weights: ``checkpoint`` (path; empty = the
-        toy MILAN) and ``checkpoint_format`` (auto, dndbench, released).  The toy MILAN:
-        ``annotation_seed`` (the annotated ``toynet``, standard training, never the described
-        network), ``annotation_probe_seed`` / ``annotation_probe_size``, ``sizes`` (``toy``: the
-        smaller CPU preset :data:`~dndbench.describers.milan.training.TOY_SIZES`; ``paper``: embedding 128,
-        hidden 512, LM 2 x 512, dropout 0.5), ``epochs``, ``train_seed``, ``hold_out``
-        (fraction of units held out for the reported validation; the saved model is the
-        validated one)."""
-
-        k: int = 15
-        quantile: float = 0.99
-        strategy: str = "rerank"
-        beam_size: int = 50
-        max_length: int = 15
-        temperature: float = 0.2
-        checkpoint: str = ""
-        checkpoint_format: str = "auto"
-        annotation_seed: int = 1
-        annotation_probe_seed: int = 3000
-        annotation_probe_size: int = 800
-        sizes: str = "toy"
-        epochs: int = 40
-        train_seed: int = 0
-        hold_out: float = 0.1
-
+    Config = MilanConfig
     needs_weights = True
     needs_probe = True
     version = "1"
 
-    def __init__(self, config: "MilanDescriber.Config") -> None:
+    def __init__(self, config: MilanConfig) -> None:
         super().__init__(config)
-        self.config: MilanDescriber.Config = config
-        if config.strategy not in STRATEGIES:
-            raise ConfigError(f"milan: strategy must be one of {STRATEGIES}, got {config.strategy!r}")
         if not 0 < config.quantile < 1 or config.k < 1 or config.beam_size < 1 or config.max_length < 1:
             raise ConfigError("milan: need 0 < quantile < 1 and k, beam_size, max_length >= 1")
-        if config.checkpoint_format not in ("auto", "dndbench", "released"):
-            raise ConfigError("milan: checkpoint_format must be auto, dndbench or released")
-        if config.sizes not in SIZE_PRESETS:
-            raise ConfigError(f"milan: sizes must be one of {SIZE_PRESETS}, got {config.sizes!r}")
         self._model: Milan | None = None
 
     # -- weights ----------------------------------------------------------------------------------
@@ -139,13 +101,22 @@ class MilanDescriber(Describer):
                 from dndbench.describers.milan.training import ensure_toy_milan
 
                 self._check_toy(ctx)
-                self._model = Milan.load(ensure_toy_milan(self.toy_config(), ctx.cache))
+                self._model = Milan.load(ensure_toy_milan(self.toy_config(), ctx.cache,
+                                                          progress=ctx.progress))
         return self._model
 
     def cache_key_parts(self, ctx: "Context") -> tuple[Any, ...]:
         return (*super().cache_key_parts(ctx), self.weights_key(ctx))
 
     # -- describing -------------------------------------------------------------------------------
+    @staticmethod
+    def device(ctx: "Context") -> str:
+        """Where MILAN's networks run: the run's device (``device=auto``: the GPU when there is
+        one, else the CPU)."""
+        from dndbench.activations import pick_device
+
+        return pick_device(ctx.device)
+
     def describe(self, ctx: "Context") -> list[Description]:
         import torch
 
@@ -154,14 +125,15 @@ class MilanDescriber(Describer):
 
         if not ctx.units:
             return []
-        milan = self.model(ctx)
+        device = self.device(ctx)
+        milan = self.model(ctx).to(device)
         c = self.config
         ex = compute_exemplars(ctx, k=c.k, quantile=c.quantile)
         out: list[Description] = []
         for start in range(0, len(ex.units), 16):
             part = slice(start, start + 16)
-            images = torch.from_numpy(ex.images[part]).float() / 255.0
-            feats = milan.encode(images, torch.from_numpy(ex.masks[part]))
+            images = torch.from_numpy(ex.images[part]).to(device).float() / 255.0
+            feats = milan.encode(images, torch.from_numpy(ex.masks[part]).to(device))
             decoded = decode(milan.decoder, milan.lm, feats, milan.vocab, c.strategy,
                              c.beam_size, c.max_length, c.temperature)
             for row, d in enumerate(decoded, start):

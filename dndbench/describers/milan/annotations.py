@@ -155,7 +155,7 @@ def toy_annotations(ctx: "Context", exemplars: "Exemplars", seed: int = 0,
     """Annotate ``exemplars`` of ``ctx.layer`` of a toy network (see module docstring)."""
     planted = ctx.model.planted_concepts(ctx.layer)
     classes = ctx.model.class_names() if ctx.is_final_layer else None
-    annotation = functools.lru_cache(maxsize=None)(ctx.probe.annotation)  # type: ignore[attr-defined]
+    annotation = functools.lru_cache(maxsize=None)(ctx.probe.annotation)
     out = []
     for row, unit in enumerate(exemplars.units):
         source = "class" if classes else "planted" if unit in planted else "highlight"

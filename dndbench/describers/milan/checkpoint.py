@@ -12,21 +12,91 @@ constructor arguments (``embedding_size``, ``hidden_size``, ``attention_hidden_s
 encoder's torchvision backbone under ``encoder.encoder.model.`` (a ``PyramidConvEncoder``:
 mask-pooled features of conv1, layer1-4, concatenated).  Our modules use the same names, so the
 mapping is a prefix split.  :func:`to_released` writes that layout (used by the tests).
+
+The indexer's tokenizer is a spaCy pipeline, which the MILAN code stores as
+``indexer.properties.tokenize.properties.nlp = (config, bytes)``: the pipeline's bytes and its
+config, a ``thinc.config.Config`` (a ``dict`` subclass with the attributes ``is_interpolated``
+and ``section_order``; ``confection.Config`` in newer thinc).  Unpickling that object would
+import thinc and spaCy, which dndbench neither needs (decoding uses only the vocabulary) nor
+declares.  :func:`load_release` therefore reads releases with :class:`ReleaseUnpickler`, an
+unpickler restricted to what a release holds (tensors, ordered dicts, plain values) that maps
+the Config class to :class:`ConfigStandIn` and refuses every other global, so loading runs no
+code from the file either.
 """
 from __future__ import annotations
 
+import pickle
+import types
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
-from dndbench.errors import DataError
 from dndbench.describers.milan.model import RESNET_LAYERS, EncoderSpec, Milan, Sizes
 from dndbench.describers.milan.text import Vocab
+from dndbench.errors import DataError
 
 BACKBONE_PREFIX = "encoder.encoder.model."
 LM_PREFIX = "lm."
 ENCODER_KIND = "PyramidConvEncoder"
+
+
+class ConfigStandIn(dict):
+    """What a release's spaCy config (``thinc.config.Config``) unpickles to: its sections as a
+    ``dict``, its attributes (``is_interpolated``, ``section_order``) as attributes."""
+
+
+#: (module, name) of the classes a release pickles that dndbench replaces, and their stand-ins
+STAND_INS: dict[tuple[str, str], type] = {
+    ("thinc.config", "Config"): ConfigStandIn,
+    ("confection", "Config"): ConfigStandIn,
+}
+#: the globals a release may name besides the stand-ins: tensor rebuilding, ordered dicts, and
+#: the helpers pickle protocol 2 uses for bytes and sets
+ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset({
+    ("collections", "OrderedDict"),
+    ("torch._utils", "_rebuild_tensor"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("torch._utils", "_rebuild_parameter_with_state"),
+    ("torch._tensor", "_rebuild_from_type_v2"),
+    ("torch", "Tensor"),
+    ("torch", "Size"),
+    ("torch.nn.parameter", "Parameter"),
+    ("_codecs", "encode"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+})
+
+
+class ReleaseUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only :data:`ALLOWED_GLOBALS` and the :data:`STAND_INS`;
+    any other global (which could run code, or need spaCy) is an ``UnpicklingError``."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in STAND_INS:
+            return STAND_INS[module, name]
+        if (module, name) in ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(
+            f"the file names {module}.{name}, which a released MILAN checkpoint does not hold "
+            f"(only tensors, ordered dicts, plain values and thinc's Config are read)")
+
+
+def _release_pickle_module() -> types.ModuleType:
+    """A module-like object for ``torch.load(pickle_module=...)`` built on :class:`ReleaseUnpickler`."""
+    module = types.ModuleType("dndbench_release_pickle")
+    module.Unpickler = ReleaseUnpickler  # type: ignore[attr-defined]
+    module.UnpicklingError = pickle.UnpicklingError  # type: ignore[attr-defined]
+    module.load = lambda file, **kw: ReleaseUnpickler(file, **kw).load()  # type: ignore[attr-defined]
+    return module
+
+
+def load_release(path: Path, map_location: Any = "cpu") -> Any:
+    """The payload of a released MILAN checkpoint, read with :class:`ReleaseUnpickler` (neither
+    spaCy nor thinc is imported; nothing in the file is run)."""
+    return torch.load(path, map_location=map_location, pickle_module=_release_pickle_module(),
+                      weights_only=False)
 
 
 def _props(node: Mapping[str, Any], *path: str) -> Any:
@@ -114,7 +184,8 @@ def to_released(milan: Milan) -> dict[str, Any]:
 
 def load_any(path: Path, fmt: str = "auto") -> Milan:
     """A dndbench MILAN file or a released checkpoint (``fmt``: auto, dndbench, released).
-    Released files are pickles: load only files from a source you trust."""
+    Both are read with :class:`ReleaseUnpickler` first (a dndbench file holds only what it
+    allows, too), so an unknown file runs no code."""
     from dndbench.describers.milan.model import FORMAT
 
     if not path.is_file():
@@ -122,7 +193,7 @@ def load_any(path: Path, fmt: str = "auto") -> Milan:
     if fmt == "dndbench":
         return Milan.load(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = load_release(path)
     except Exception as exc:
         raise DataError(f"cannot load MILAN checkpoint {path} ({exc})") from exc
     if fmt == "auto" and isinstance(payload, dict) and payload.get("format") == FORMAT:

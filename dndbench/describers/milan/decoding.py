@@ -7,10 +7,11 @@ from dataclasses import dataclass
 
 import torch
 
+from dndbench.describers.milan.config import Strategy
 from dndbench.describers.milan.model import Decoder, LanguageModel, sequence_logp
 from dndbench.describers.milan.text import Vocab
 
-STRATEGIES = ("greedy", "beam", "rerank")
+STRATEGIES = tuple(Strategy.values())
 
 
 @dataclass
@@ -28,11 +29,11 @@ class Decoded:
 def greedy(decoder: Decoder, features: torch.Tensor, vocab: Vocab,
            max_length: int = 15) -> tuple[torch.Tensor, torch.Tensor]:
     """Argmax decoding: tokens (B, T) padded with ``<pad>`` after ``<eos>``, log-probs (B,)."""
-    b = features.shape[0]
+    b, device = features.shape[0], features.device
     state = decoder.init_state(features)
-    current = torch.full((b,), vocab.bos, dtype=torch.long)
-    done = torch.zeros(b, dtype=torch.bool)
-    tokens, total = [], torch.zeros(b)
+    current = torch.full((b,), vocab.bos, dtype=torch.long, device=device)
+    done = torch.zeros(b, dtype=torch.bool, device=device)
+    tokens, total = [], torch.zeros(b, device=device)
     for _ in range(max_length):
         logp, state = decoder.step(features, current, state)
         best, current = logp.max(1)
@@ -50,15 +51,15 @@ def beam_search(decoder: Decoder, features: torch.Tensor, vocab: Vocab, beam_siz
     """Beam search: tokens (B, K, T) (``<pad>`` after ``<eos>``) and log p(d | E) (B, K), each
     unit's beams sorted best first.  A finished beam keeps its score; at most ``max_length``
     tokens, ``<eos>`` included."""
-    b, k, v = features.shape[0], beam_size, len(vocab)
+    b, k, v, device = features.shape[0], beam_size, len(vocab), features.device
     feats = features.repeat_interleave(k, 0)
     h, c = decoder.init_state(feats)
-    scores = torch.full((b, k), float("-inf"))
+    scores = torch.full((b, k), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start identical: keep one
-    current = torch.full((b * k,), vocab.bos, dtype=torch.long)
-    done = torch.zeros(b, k, dtype=torch.bool)
-    history = torch.zeros(b, k, 0, dtype=torch.long)
-    pad_row = torch.full((v,), float("-inf"))
+    current = torch.full((b * k,), vocab.bos, dtype=torch.long, device=device)
+    done = torch.zeros(b, k, dtype=torch.bool, device=device)
+    history = torch.zeros(b, k, 0, dtype=torch.long, device=device)
+    pad_row = torch.full((v,), float("-inf"), device=device)
     pad_row[vocab.pad] = 0.0
     for _ in range(max_length):
         logp, (h, c) = decoder.step(feats, current, (h, c))
@@ -66,7 +67,7 @@ def beam_search(decoder: Decoder, features: torch.Tensor, vocab: Vocab, beam_siz
         total = (scores.view(-1, 1) + logp).view(b, k * v)
         scores, flat = total.topk(k, 1)
         origin, token = flat // v, flat % v
-        rows = (origin + torch.arange(b)[:, None] * k).view(-1)
+        rows = (origin + torch.arange(b, device=device)[:, None] * k).view(-1)
         h, c, current = h[rows], c[rows], token.view(-1)
         history = torch.cat([history.gather(1, origin[..., None].expand(-1, -1, history.shape[2])),
                              token[..., None]], 2)
@@ -79,7 +80,8 @@ def beam_search(decoder: Decoder, features: torch.Tensor, vocab: Vocab, beam_siz
 @torch.no_grad()
 def lm_logp(lm: LanguageModel, tokens: torch.Tensor, vocab: Vocab) -> torch.Tensor:
     """log p(d) (N,) of token sequences (N, T) without ``<bos>`` (``<pad>`` after ``<eos>``)."""
-    inputs = torch.cat([torch.full((len(tokens), 1), vocab.bos, dtype=torch.long), tokens[:, :-1]], 1)
+    start = torch.full((len(tokens), 1), vocab.bos, dtype=torch.long, device=tokens.device)
+    inputs = torch.cat([start, tokens[:, :-1]], 1)
     return sequence_logp(lm(inputs), tokens, vocab.pad)
 
 

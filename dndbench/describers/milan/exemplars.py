@@ -8,6 +8,12 @@ order of pooled maximum until no remaining image can hold one of the top values.
 units' top images cover much of the probe anyway (whole layers, as when annotating), one
 streamed pass keeps each unit's largest values and its top images' maps instead.  Maps without
 spatial extent (final layers) need no pass: their values are the pooled activations.
+
+Each exemplar image is the part of the probe image that the network saw when it computed the
+map (:mod:`dndbench.geometry`: the centre crop of a torchvision ImageNet transform, the whole
+image for a model that only resizes), at the network's input size by default, so the mask,
+spread over the exemplar, lies on what the unit fired at (MILAN's exemplars are the transformed
+dataset images the maps were computed on).
 """
 from __future__ import annotations
 
@@ -18,7 +24,10 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from dndbench.context import Context
+    from dndbench.geometry import Preprocessing
 
 
 @dataclass
@@ -141,17 +150,21 @@ def compute_exemplars(ctx: "Context", units: Sequence[int] | None = None, k: int
     else:
         thr, top_maps = _lazy(ctx, units, top, quantile)
     wanted = sorted({int(i) for i in top.ravel()})
-    pictures = {i: np.asarray(ctx.probe.image(i).convert("RGB")) for i in wanted}
-    size = image_size or next(iter(pictures.values())).shape[0]
-    images = [np.stack([_resize(pictures[int(i)], size) for i in row]) for row in top]
+    pictures = {i: ctx.probe.image(i).convert("RGB") for i in wanted}
+    prep = ctx.model.preprocessing()
+    size = image_size or prep.input_size(*pictures[wanted[0]].size)[1]
+    images = [np.stack([seen_picture(pictures[int(i)], prep, size) for i in row]) for row in top]
     masks = [unit_masks(top_maps[u], float(thr[u]), size) for u in range(len(units))]
     return Exemplars(units, top, np.stack(images), np.stack(masks), thr)
 
 
-def _resize(rgb: np.ndarray, size: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> (3, size, size) uint8."""
-    if rgb.shape[0] != size or rgb.shape[1] != size:
-        from PIL import Image
+def seen_picture(image: "Image.Image", prep: "Preprocessing", size: int) -> np.ndarray:
+    """The region of ``image`` that a model with ``prep`` sees, as a (3, size, size) uint8
+    array (bilinear resampling; the image itself when it is already that region and size)."""
+    from PIL import Image
 
-        rgb = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
-    return rgb.transpose(2, 0, 1).copy()
+    from dndbench.geometry import crop_region
+
+    picture = crop_region(image, prep.seen_region(*image.size), (size, size),
+                          Image.Resampling.BILINEAR)
+    return np.asarray(picture).transpose(2, 0, 1).copy()

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dndbench.describers.milan.text import Vocab
+from dndbench.hooks import record_outputs
 
 FORMAT = "dndbench-milan/1"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -63,13 +64,12 @@ def build_backbone(spec: EncoderSpec, weights: str | None = None) -> nn.Module:
     return getattr(torchvision.models, spec.arch)(weights=weights or None)
 
 
-class _Stop(Exception):
-    """Ends the backbone's forward pass once the last pyramid layer has run."""
-
-
 class PyramidEncoder(nn.Module):
     """Per exemplar: backbone features of each layer, averaged with the (downsampled, normalised)
     mask as weights, concatenated into one vector."""
+
+    mean: torch.Tensor  # buffers (registered in __init__)
+    std: torch.Tensor
 
     def __init__(self, spec: EncoderSpec, backbone: nn.Module) -> None:
         super().__init__()
@@ -82,23 +82,11 @@ class PyramidEncoder(nn.Module):
         self.feature_size = int(probe.shape[-1])
 
     def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        modules = dict(self.backbone.named_modules())
-        out: list[torch.Tensor] = []
-
-        def hook(_m: Any, _i: Any, o: torch.Tensor) -> None:
-            out.append(o)
-            if len(out) == len(self.spec.layers):
-                raise _Stop
-
-        handles = [modules[name].register_forward_hook(hook) for name in self.spec.layers]
-        try:
+        """Backbone outputs of the pyramid layers, in the order they run; the forward pass stops
+        once the last of them has run."""
+        with record_outputs(self.backbone, self.spec.layers, stop=True) as out:
             self.backbone(x)
-        except _Stop:
-            pass
-        finally:
-            for h in handles:
-                h.remove()
-        return out
+        return list(out.values())
 
     def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
         """``images`` (N, 3, H, W) in [0, 1], ``masks`` (N, 1, H, W) -> features (N, F)."""

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from dndbench.cache import Cache, atomic_path, stable_hash
-from dndbench.toyworld.target_model import ToyNetModel
+from dndbench.toyworld.target_model import ToyNetConfig, ToyNetModel
 
 if TYPE_CHECKING:
     import torch
@@ -70,8 +70,8 @@ class ToyMilanConfig:
     exemplars come from, the annotator and the model sizes / fit."""
 
     annotation_seed: int = 1
-    annotation_train_images: int = ToyNetModel.Config.train_images
-    annotation_epochs: int = ToyNetModel.Config.epochs
+    annotation_train_images: int = ToyNetConfig.train_images
+    annotation_epochs: int = ToyNetConfig.epochs
     probe_seed: int = 3000
     probe_size: int = 800
     layers: tuple[str, ...] = ("layer2", "layer3", "layer4", "fc")
@@ -83,8 +83,8 @@ class ToyMilanConfig:
 
 
 def toy_key(config: ToyMilanConfig) -> str:
-    from dndbench.toyworld.world import GENERATOR_VERSION
     from dndbench.toyworld.train_toynet import TOYNET_VERSION
+    from dndbench.toyworld.world import GENERATOR_VERSION
 
     return stable_hash("milan-toy", TOY_MILAN_VERSION, TOYNET_VERSION, GENERATOR_VERSION,
                        asdict(config))
@@ -201,7 +201,7 @@ def bleu1(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> fl
     for pred, refs in zip(predictions, references):
         p = tokenize(pred)
         r = [tokenize(x) for x in refs]
-        best = Counter()
+        best: Counter[str] = Counter()
         for toks in r:
             best |= Counter(toks)
         matched += sum(min(n, best[w]) for w, n in Counter(p).items())
@@ -286,22 +286,25 @@ def toy_sizes(config: ToyMilanConfig) -> "Sizes":
     return Sizes(**config.sizes)
 
 
-def annotation_model(config: ToyMilanConfig, cache: Cache) -> Any:
-    """The toy network whose units are annotated (trained into the cache on first use)."""
-    model = ToyNetModel(ToyNetModel.Config(name="toynet", seed=config.annotation_seed,
-                                           train_images=config.annotation_train_images,
-                                           epochs=config.annotation_epochs))
+def annotation_model(config: ToyMilanConfig, cache: Cache, progress: bool = False) -> Any:
+    """The toy network whose units are annotated (trained into the cache on first use, with a
+    progress bar when ``progress``)."""
+    model = ToyNetModel(ToyNetConfig(name="toynet", seed=config.annotation_seed,
+                                     train_images=config.annotation_train_images,
+                                     epochs=config.annotation_epochs))
     model.cache = cache
+    model.progress = progress
     return model
 
 
-def toy_encoder(config: ToyMilanConfig, cache: Cache) -> tuple["EncoderSpec", Any]:
+def toy_encoder(config: ToyMilanConfig, cache: Cache,
+                progress: bool = False) -> tuple["EncoderSpec", Any]:
     """The frozen exemplar encoder of the toy MILAN: the annotation ToyNet (a classifier of the
     toy world, in the role ImageNet ResNet-101 plays for real networks)."""
     from dndbench.describers.milan.model import EncoderSpec
     from dndbench.toyworld.network import MEAN, STD
 
-    model = annotation_model(config, cache)
+    model = annotation_model(config, cache, progress)
     cfg = model.train_config()
     spec = EncoderSpec(arch="toynet", input_size=model.input_size, mean=MEAN, std=STD,
                        options={"widths": list(cfg.widths), "blocks": cfg.blocks,
@@ -315,11 +318,11 @@ def toy_annotation_set(config: ToyMilanConfig, cache: Cache,
     from dndbench.context import Context
     from dndbench.describers.milan.annotations import toy_annotations
     from dndbench.describers.milan.exemplars import compute_exemplars
-    from dndbench.toyworld.probe_set import ToyWorldProbe
+    from dndbench.toyworld.probe_set import ToyWorldConfig, ToyWorldProbe
 
-    model = annotation_model(config, cache)
-    probe = ToyWorldProbe(ToyWorldProbe.Config(name="toyworld", seed=config.probe_seed,
-                                               size=config.probe_size))
+    model = annotation_model(config, cache, progress)
+    probe = ToyWorldProbe(ToyWorldConfig(name="toyworld", seed=config.probe_seed,
+                                         size=config.probe_size))
     probe.cache = cache
     probe._KEEP = config.probe_size  # keep every render: each layer's passes revisit the images
     units: list[AnnotatedUnit] = []
@@ -335,8 +338,8 @@ def train_toy(config: ToyMilanConfig, out_dir: Path | str, cache: Cache,
               progress: bool = True) -> "Milan":
     """Build the toy annotation set, train, write ``milan.pt`` and ``meta.json`` (last)."""
     started = time.perf_counter()
-    units = toy_annotation_set(config, cache)
-    spec, backbone = toy_encoder(config, cache)
+    units = toy_annotation_set(config, cache, progress)
+    spec, backbone = toy_encoder(config, cache, progress)
     milan = train_on_units(units, spec, backbone, toy_sizes(config), config.fit, progress)
     sources = Counter(u.extras.get("source", "") for u in units)
     milan.meta.update({"key": toy_key(config), "config": asdict(config),
@@ -353,14 +356,15 @@ def save(milan: "Milan", out_dir: Path) -> None:
         tmp.write_text(json.dumps(milan.meta, indent=2, default=str))
 
 
-def ensure_toy_milan(config: ToyMilanConfig, cache: Cache) -> Path:
-    """``milan.pt`` of the toy MILAN, trained into the cache first if missing."""
+def ensure_toy_milan(config: ToyMilanConfig, cache: Cache, progress: bool = False) -> Path:
+    """``milan.pt`` of the toy MILAN, trained into the cache first if missing (with progress
+    bars when ``progress``: the run's ``progress=`` option)."""
     folder = toy_dir(config, cache)
     if not (folder / "meta.json").exists():
         with cache.lock(folder):
             if not (folder / "meta.json").exists():
                 log.warning("training the toy MILAN (first use) into %s", folder)
-                train_toy(config, folder, cache, progress=False)
+                train_toy(config, folder, cache, progress=progress)
     return folder / "milan.pt"
 
 
@@ -373,8 +377,10 @@ def format_report(report: dict[str, Any]) -> str:
              + (f", held-out loss {h['held_out_loss'][-1]:.3f}" if h["held_out_loss"] else "")]
     ho = report.get("held_out") or {}
     if ho:
+        accuracy = (f", concept accuracy {ho['concept_accuracy']:.3f}"
+                    if "concept_accuracy" in ho else "")
         lines.append(f"held out: exact match {ho['exact_match']:.3f}, BLEU-1 {ho['bleu1']:.3f}"
-                     + (f", concept accuracy {ho['concept_accuracy']:.3f}" if "concept_accuracy" in ho else ""))
+                     + accuracy)
         for ex in ho["examples"][:20]:
             lines.append(f"  {ex['layer']}:{ex['unit']:<4} {ex['prediction']!r:32} refs {ex['references']}")
     return "\n".join(lines)
