@@ -15,7 +15,7 @@ Models (``--model``): ``toynet`` (trained; its widest layer, ``layer4``, has 128
 ``wide_random`` (ToyNet's architecture with 1024 units in ``layer4``, random weights, 64 px
 input; defined here, for call counting only).  Modes:
 
-* ``batched`` — all units at once (``units_per_batch=0``, the default);
+* ``batched`` — all units at once (``units_per_batch=0``; the describer's default is chunks of 32);
 * ``sequential`` — one unit at a time in one cache: the call cache still answers repeated
   prompts / images, but every step runs once per unit;
 * ``isolated`` — every unit alone in its own fresh cache: nothing is shared (what the reference

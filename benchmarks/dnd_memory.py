@@ -74,7 +74,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     for kind in ("captioner", "llm", "text2image", "vlm"):
         ctx.backend(kind)
     describer = DESCRIBERS.create("dnd", units_per_batch=args.per_batch_one)
-    describer.describe(dnd_calls.make_context(args, folder, [0], "keyword"))  # loads the backends
+    last = ctx.model.num_units(ctx.layer) - 1  # outside first:N: loads the backends' weights
+    describer.describe(dnd_calls.make_context(args, folder, [last], "keyword"))
     before, peak_before = rss_mb(), peak_mb()
     reset = reset_peak()
     start = time.perf_counter()
@@ -96,8 +97,8 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
              f"images; backends captioner=toy llm=keyword text2image=toy vlm=toy on the CPU; DnD "
              f"defaults otherwise (K=10, crops on, N=5, Q=10). Each row is a cold run in its own "
              f"process. *before DnD*: resident size once the model, the probe's activations and "
-             f"the backends are loaded (one unit described first, so the backends' weights are "
-             f"in memory); *peak*: the peak resident size while DnD runs (`VmHWM`, reset just "
+             f"the backends are loaded (the layer's last unit described first, so the backends' "
+             f"weights are in memory); *peak*: the peak resident size while DnD runs (`VmHWM`, reset just "
              f"before DnD starts); *DnD's growth* = peak - before. Measured "
              f"{time.strftime('%Y-%m-%d')} on {args.machine}.", "",
              "| units | units_per_batch | before DnD (MB) | peak (MB) | DnD's growth (MB) | "

@@ -7,7 +7,9 @@ BlipConfig())``), Stable Diffusion v1.5 (its UNet, VAE and text-encoder configur
 ViT-B/16.  The LLM is a stand-in (``gpu_bench_llm``, below): it answers instantly, or after a
 fixed latency per round of concurrent calls (``--llm-latency-ms``), and names ``--vocabulary``
 distinct concepts, so units get distinct candidates as from a real LLM; the cost of real LLM
-calls is projected by ``python -m dndbench cost``.
+calls is projected by ``python -m dndbench cost``.  Random-weight captions are nearly the same
+for every image, so each caption is prefixed with its image's hash (after the timed call;
+``--no-caption-tags`` turns this off): the counts are those of distinct captions.
 
 Two tables:
 
@@ -452,6 +454,8 @@ def run_dnd(args: argparse.Namespace, folders: dict[str, Path], base: Path, work
         if hasattr(backend, "model"):
             backend.model()  # load outside the timing
         setattr(backend, method, timer.wrap(stage, getattr(backend, method)))
+    if args.caption_tags:
+        tag_captions(ctx.backend("captioner"))
     acts = ctx.activations
     acts.maps = timer.wrap("forward", acts.maps)
     original = batching.forward_pooled
@@ -480,6 +484,23 @@ def run_dnd(args: argparse.Namespace, folders: dict[str, Path], base: Path, work
     row["other"] = max(0.0, row["s/unit"] - sum(row[s] for s in STAGES))
     row.update(per_unit_counts(counts, n))
     return row
+
+
+def tag_captions(captioner: Any) -> None:
+    """Prefix each caption with its image's content hash (after the timed call).
+
+    Random-weight captioners write nearly the same caption for every image, which would make
+    every unit's LLM conversations, and so its candidates, the same; a trained captioner's
+    captions differ.  Tagged captions are distinct, so the counts downstream (LLM calls,
+    candidates, generated images) are those of distinct captions: the no-sharing case."""
+    from dndbench.backends.base import image_key
+
+    timed = captioner.caption
+
+    def caption(images: list[Any]) -> list[str]:
+        return [f"{image_key(im)[:8]} {text}" for im, text in zip(images, timed(images))]
+
+    captioner.caption = caption
 
 
 def per_unit_counts(counts: dict[str, int], units: int) -> dict[str, float]:
@@ -557,7 +578,9 @@ def markdown(args: argparse.Namespace, header: dict[str, Any], latency_rows: lis
              f"Target network {args.model} `{args.layer}`; probe: {args.probe_size} toy-world "
              f"images; DnD k={args.k}, n={args.n}, q={args.q}; images {args.image_size} px; LLM: "
              f"stand-in with {args.llm_latency_ms:g} ms per round of {args.llm_concurrency} "
-             f"calls, {args.vocabulary} distinct concepts.  Model building {header['build_s']:.1f} s; "
+             f"calls, {args.vocabulary} distinct concepts; captions "
+             f"{'tagged with their image hash (distinct)' if args.caption_tags else 'untagged'}."
+             f"  Model building {header['build_s']:.1f} s; "
              f"probe pass {header['probe_s']:.2f} s ({args.probe_size} images, shared by every "
              f"describer, not in the per-unit figures).", ""]
     lines += ["## Per-call latency", "", "| precision | stage | batch | items | s/item | peak GiB |",
@@ -648,6 +671,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--llm-latency-ms", type=float, default=0.0)
     p.add_argument("--llm-concurrency", type=int, default=8)
     p.add_argument("--vocabulary", type=int, default=100000)
+    p.add_argument("--no-caption-tags", dest="caption_tags", action="store_false",
+                   help="keep the random captions as they are (alike: candidates get shared)")
     p.add_argument("--workers", type=int, default=None, help="data-loader workers (probe pass)")
     args = p.parse_args(argv)
     smoke = args.smoke

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -22,7 +23,8 @@ T = TypeVar("T")
 def _jsonable(obj: Any) -> Any:
     if is_dataclass(obj) and not isinstance(obj, type):
         tag = getattr(type(obj), "cache_tag", type(obj).__name__)  # see ComponentConfig.cache_tag
-        return {"__type__": tag, **asdict(obj)}
+        skip = getattr(type(obj), "cache_exclude", ())  # options that do not change the output
+        return {"__type__": tag, **{k: v for k, v in asdict(obj).items() if k not in skip}}
     if isinstance(obj, Path):
         return str(obj)
     return repr(obj)
@@ -39,15 +41,44 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("DNDBENCH_CACHE", Path.home() / ".cache" / "dndbench"))
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux reports it
+    (``/proc/self/status``); elsewhere by the set-and-restore trick, under a lock."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode ``open()`` gives a new file: ``0o666`` filtered through the umask (so with
+    umask 002 a group shares the cache: ``0o664``)."""
+    return 0o666 & ~current_umask()
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block
+    succeeds.  The file gets the user's umask-derived mode (:func:`file_mode`), not the
+    ``0o600`` of ``mkstemp``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.is_file():
+            os.chmod(tmp_path, file_mode())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

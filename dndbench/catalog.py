@@ -53,6 +53,8 @@ KINDS: dict[str, Kind] = {
     "captioner": Kind("dndbench.backends.base:CAPTIONERS", (
         "dndbench.backends.blip",
         "dndbench.toyworld.toy_backends",
+        "dndbench.toyworld.oracle_backends",
+        "dndbench.toyworld.weak_backends",
     ), backend=True),
     "llm": Kind("dndbench.backends.base:LLMS", (
         "dndbench.backends.openai_llm",
@@ -68,6 +70,8 @@ KINDS: dict[str, Kind] = {
     "vlm": Kind("dndbench.backends.base:VLMS", (
         "dndbench.backends.clip_vlm",
         "dndbench.toyworld.toy_backends",
+        "dndbench.toyworld.oracle_backends",
+        "dndbench.toyworld.weak_backends",
     ), backend=True),
     "embedder": Kind("dndbench.backends.embedder:EMBEDDERS", (
         "dndbench.backends.embedder",

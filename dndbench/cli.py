@@ -20,7 +20,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, cast
+from typing import Any, Callable, NoReturn, cast
 
 from dndbench.errors import ConfigError, DndbenchError
 
@@ -140,7 +140,8 @@ def explain(exc: BaseException) -> DndbenchError:
             valid = sorted(f.name for f in dataclasses.fields(cls) if f.name != "name")
             parent = str(full_key or key).rpartition(".")[0]
             node = getattr(err, "parent_node", None)
-            name = node.get("name") if hasattr(node, "get") and "name" in (node or {}) else None
+            name = (node.get("name") if node is not None and hasattr(node, "get") and "name" in node
+                    else None)
             where = (f"{parent} {name!r}" if parent and name else parent or "the run")
             return UnknownOptionError(where, str(key), valid)
         if isinstance(err, ValidationError) and full_key:
@@ -161,7 +162,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
     parser = get_args_parser()
 
-    def error(message: str) -> None:
+    def error(message: str) -> NoReturn:
         raise ConfigError(f"{message} (python -m dndbench --help lists the flags)")
 
     parser.error = error  # type: ignore[method-assign]
@@ -272,7 +273,8 @@ def _names_a_dir(override: Any) -> bool:
 def _plain(cfg: Any) -> Any:
     from omegaconf import OmegaConf
 
-    return {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k != "hydra"}
+    container = cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=False))
+    return {k: v for k, v in container.items() if k != "hydra"}
 
 
 def check_output_folder(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -338,7 +340,7 @@ def run_from_hydra(cfg: Any) -> None:
 
     from dndbench.cache import Cache
     from dndbench.config import check_data, to_run_spec
-    from dndbench.pipeline import run_job, setting_label
+    from dndbench.pipeline import run_job, run_setting_label
     from dndbench.results.leaderboard import leaderboard, load_costs, to_markdown, write_leaderboard
     from dndbench.results.records import write_run
     from dndbench.redact import guard_logging
@@ -373,7 +375,7 @@ def run_from_hydra(cfg: Any) -> None:
         write_text(run_dir / "reference.md", text + "\n")
         print(text)
     # every run gets its report; probe images only where a describer used the probe
-    configs = {setting_label(c): c for c in spec.describers}
+    configs = {run_setting_label(spec, c): c for c in spec.describers}
     write_run_report(run_dir, descriptions, scores, table, result.contexts, configs,
                      images=result.probe_used)
     print(f"results: {run_dir}")

@@ -101,7 +101,6 @@ class RunConfig:
     llm: ComponentConfig | None = None
     text2image: ComponentConfig | None = None
     vlm: ComponentConfig | None = None
-    embedder: ComponentConfig | None = None
     cache_dir: str = ""  # empty: $DNDBENCH_CACHE or ~/.cache/dndbench
     device: str = "auto"
     batch_size: int = 64
@@ -271,7 +270,7 @@ def default_describers() -> list[ComponentConfig]:
     references (each by name)."""
     from dndbench.describers.base import DESCRIBERS
 
-    entries = [e for e in DESCRIBERS.entries() if e.cls.in_default_suite]
+    entries = [e for e in DESCRIBERS.entries() if e.in_default_suite]
     rank = {role: i for i, role in enumerate(ROLE_ORDER)}
     entries.sort(key=lambda e: rank.get(getattr(e.cls, "role", "method"), len(rank)))
     return [DESCRIBERS.config(e.name) for e in entries]

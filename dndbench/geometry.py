@@ -2,7 +2,7 @@
 
 A torchvision ImageNet classifier does not see the image it is given: ``weights.transforms()``
 resizes the shorter side to 256 and cuts the central 224 x 224 square, so for a 500 x 375 image
-the network sees only the square ``x ∈ [85.0, 413.1], y ∈ [23.4, 351.6]`` of it.  A unit's
+the network sees only the square ``x ∈ [85.0, 413.5], y ∈ [23.4, 351.6]`` of it.  A unit's
 activation map covers that square, and nothing else.  Everything that puts a map back on an
 image (DnD's attention crops, Network Dissection's masks, MILAN's exemplars) goes through this
 module:

@@ -8,25 +8,26 @@ sharing model, probe, cache and backends, and runs every describer on each.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from dndbench import costs
 from dndbench.activations import pick_device
-from dndbench.cache import Cache
+from dndbench.cache import Cache, stable_hash
 from dndbench.config import RunSpec
 from dndbench.context import Context
 from dndbench.describers.base import DESCRIBERS, Describer
 from dndbench.describers.describe_cache import describe_cached, descriptions_frame  # noqa: F401 (re-export)
-from dndbench.errors import ConfigError
+from dndbench.errors import ConfigError, DataError
 from dndbench.metrics.base import METRICS, Metric
 from dndbench.models.base import MODELS
 from dndbench.neurons import NeuronSet, resolve_neuron_sets
 from dndbench.probes.base import PROBES
-from dndbench.registry import ComponentConfig
+from dndbench.registry import Choice, ComponentConfig
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -34,17 +35,73 @@ if TYPE_CHECKING:
 log = logging.getLogger("dndbench")
 
 
+#: characters that make a text option ambiguous inside a label, so such values are quoted
+_LABEL_SPECIAL = re.compile(r"""[\s,=()\[\]"'#~]""")
+
+
+def label_value(value: Any) -> str:
+    """An option's value as a setting label shows it: as is when plain; a path (a text with
+    ``/``) as its last part plus ``~`` and a hash of the whole value, so two folders never give
+    one label; other texts with spaces, commas, brackets or quotes in double quotes."""
+    if isinstance(value, str) and not isinstance(value, Choice):
+        if "/" in value:
+            scheme = re.match(r"^[A-Za-z]\w*:(?!//)", value)
+            short = (scheme.group(0) if scheme else "") + value.rstrip("/").rsplit("/", 1)[-1]
+            digest = stable_hash("label", value, length=8)
+            return f"{label_value(short) if short else json.dumps(value)}~{digest}"
+        return json.dumps(value) if not value or _LABEL_SPECIAL.search(value) else value
+    return str(value)
+
+
 def setting_label(config: ComponentConfig) -> str:
-    """``name`` plus the options that differ from the defaults, e.g. ``dnd(beta=3, q=5)``."""
+    """What the tables call a setting: ``label_as`` when the config sets it, else the name
+    (with the options the describer names itself by, ``published[dnd]``) plus the options
+    that differ from the defaults, e.g. ``dnd(beta=3, q=5)``; distinct configs get distinct
+    labels (see :func:`label_value`)."""
+    label = str(getattr(config, "label_as", "") or "").strip()
+    if label:
+        return label
+    shown = tuple(getattr(config, "label_options", ()))
+    name = config.name + "".join(f"[{label_value(getattr(config, o))}]" for o in shown)
     defaults = type(config)(name=config.name)
     diffs = []
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
-        if f.name != "name" and value != getattr(defaults, f.name):
-            if isinstance(value, str) and "/" in value:
-                value = Path(value).name
-            diffs.append(f"{f.name}={value}")
+        if f.name in ("name", "label_as", *shown) or value == getattr(defaults, f.name):
+            continue
+        diffs.append(f"{f.name}={label_value(value)}")
+    return f"{name}({', '.join(diffs)})" if diffs else name
+
+
+#: backend options that do not change outputs, left out of the labels
+_RUNTIME_OPTIONS = ("name", "label_as", "device", "batch_size")
+
+
+def backend_label(config: ComponentConfig) -> str:
+    """A backend config as a setting label shows it: its name plus the options that differ
+    from its defaults (device and batch size left out), e.g. ``toy_weak(fraction=0.2)``."""
+    defaults = type(config)(name=config.name)
+    diffs = [f"{f.name}={label_value(getattr(config, f.name))}" for f in dataclasses.fields(config)
+             if f.name not in _RUNTIME_OPTIONS
+             and getattr(config, f.name) != getattr(defaults, f.name)]
     return f"{config.name}({', '.join(diffs)})" if diffs else config.name
+
+
+def run_setting_label(spec: RunSpec, config: ComponentConfig) -> str:
+    """The setting label of a describer in a run: :func:`setting_label`, plus, in brackets, the
+    backends the describer uses (``uses_backends``) that differ from the defaults of the run's
+    track, e.g. ``dnd[captioner=oracle, vlm=oracle]``; so runs of one describer with different
+    backends keep apart in merged tables.  An explicit ``label_as`` is used as it is."""
+    from dndbench.config import TRACK_DEFAULTS
+
+    label = setting_label(config)
+    if str(getattr(config, "label_as", "") or "").strip():
+        return label
+    uses = getattr(DESCRIBERS.entry(config.name).cls, "uses_backends", ())
+    defaults = TRACK_DEFAULTS.get(spec.track, {})
+    shown = [f"{kind}={backend_label(spec.backends[kind])}" for kind in uses
+             if kind in spec.backends and backend_label(spec.backends[kind]) != defaults.get(kind)]
+    return f"{label}[{', '.join(shown)}]" if shown else label
 
 
 @dataclass
@@ -189,7 +246,7 @@ def _describe_layer(spec: RunSpec, ctx: Context, neurons: NeuronSet,
         log.warning("no metric applies to layer %s of %s; descriptions are written unscored",
                     neurons.layer, neurons.model)
     for config, describer in describers:
-        setting = setting_label(config)
+        setting = run_setting_label(spec, config)
         if spec.describer_suite and not describer.applies_to(ctx):
             log.info("skipping %s on %s.%s: it does not apply there", setting, neurons.model,
                      neurons.layer)
@@ -206,6 +263,11 @@ def _describe_layer(spec: RunSpec, ctx: Context, neurons: NeuronSet,
         counters = {k: v - counters_before.get(k, 0) for k, v in ctx.counters.items()
                     if v != counters_before.get(k, 0)}
         missing = sorted(set(neurons.units) - set(frame["unit"].tolist()))
+        if len(missing) == len(neurons.units):
+            raise DataError(f"{setting} described none of the {len(neurons.units)} requested "
+                            f"units of {neurons.model}.{neurons.layer} (first: "
+                            f"{', '.join(map(str, missing[:5]))}); check the describer's "
+                            f"inputs or choose units it covers with neurons.units=...")
         if missing:
             log.warning("%s: %d of %d units have no description (first: %s)", setting,
                         len(missing), len(neurons.units), missing[:10])
@@ -222,9 +284,26 @@ def _describe_layer(spec: RunSpec, ctx: Context, neurons: NeuronSet,
                                         cost=cost, counters=counters))
 
 
+def quiet_library_bars() -> None:
+    """Silence the progress bars of the libraries the backends load models with (Hugging Face
+    hub downloads, transformers' weight loading); the run's own bars follow ``ctx.progress``."""
+    import importlib.util
+
+    if importlib.util.find_spec("huggingface_hub") is not None:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if importlib.util.find_spec("transformers") is not None:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
 def run_job(spec: RunSpec, cache: Cache) -> JobResult:
     """Describe each layer's units with every describer and score every description."""
     t0 = time.perf_counter()
+    if not spec.options.progress:
+        quiet_library_bars()
     contexts = build_contexts(spec, cache)
     result = JobResult(neuron_sets=[n for _, n in contexts], runs=[],
                        contexts=[c for c, _ in contexts])

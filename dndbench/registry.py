@@ -96,6 +96,22 @@ def registration_origin(origin: str) -> Iterator[None]:
         _ORIGIN.pop()
 
 
+#: words whose full stop does not end a sentence
+_ABBREVIATIONS = ("e.g.", "i.e.", "cf.", "vs.", "etc.", "et al.", "approx.", "resp.")
+
+
+def first_sentence(doc: str) -> str:
+    """The first sentence of ``doc``'s first paragraph, whitespace collapsed to single spaces
+    (the whole paragraph when it has one sentence)."""
+    paragraph = " ".join(doc.strip().split("\n\n", 1)[0].split())
+    for i, ch in enumerate(paragraph):
+        if ch in ".!?" and (i + 1 == len(paragraph) or paragraph[i + 1] == " "):
+            head = paragraph[:i + 1]
+            if not head.lower().endswith(_ABBREVIATIONS):
+                return head
+    return paragraph
+
+
 @dataclass(frozen=True)
 class Entry(Generic[T]):
     """A registered component: its name, class, config class and where it came from."""
@@ -110,9 +126,25 @@ class Entry(Generic[T]):
         return config
 
     @property
+    def in_default_suite(self) -> bool:
+        """Whether the component joins the default suite (``describer=all``).
+
+        A built-in keeps its class's ``in_default_suite``.  A component from a plugin file or an
+        installed package joins only when it asks to: its own class (or a class of its own
+        package, not of dndbench) sets ``in_default_suite = True``; what it inherits from a
+        dndbench class does not count."""
+        if self.origin == "builtin":
+            return bool(getattr(self.cls, "in_default_suite", False))
+        for klass in self.cls.__mro__:
+            if "in_default_suite" in vars(klass):
+                own = not (klass.__module__ == "dndbench" or klass.__module__.startswith("dndbench."))
+                return own and bool(vars(klass)["in_default_suite"])
+        return False
+
+    @property
     def summary(self) -> str:
-        doc = (self.cls.__doc__ or "").strip().splitlines()
-        return doc[0] if doc else ""
+        """The first sentence of the class docstring's first paragraph, on one line."""
+        return first_sentence(self.cls.__doc__ or "")
 
 
 class Registry(Generic[T]):

@@ -8,13 +8,13 @@ import json
 from pathlib import Path
 
 import pytest
+from test_dnd import FAKE, dnd, fake_context
 
 from dndbench.describers.dnd import batching
 from dndbench.models.base import MODELS
 from dndbench.pipeline import descriptions_frame
 from dndbench.probes.base import PROBES
 from dndbench.testing.kit import TinyModel, TinyProbe
-from test_dnd import FAKE, dnd, fake_context
 
 SCALE_MODEL, SCALE_PROBE = "scale_tiny", "scale_tiny_probe"
 
@@ -102,9 +102,9 @@ def test_a_call_budget_stops_cleanly_and_the_rerun_resumes(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("openai")
-    import dndbench.testing.kit  # noqa: F401  (kit_words)
     from fake_openai import FakeOpenAI
 
+    import dndbench.testing.kit  # noqa: F401  (kit_words)
     from dndbench.backends.openai_llm import reset_call_count
     from dndbench.cli import main
 

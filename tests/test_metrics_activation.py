@@ -462,14 +462,16 @@ def test_toy_renderer_style_option(tmp_path: Path) -> None:
 
 
 # -- the toy world's planted units (slow: trains ToyNet and the toy CLIP) --------------------------
-def _planted_context(tmp_path: Path, split: str = "all") -> Any:
+def planted_context(cache_dir: Path, model_cache: Path | None = None) -> tuple[Context, dict[int, str]]:
+    """ToyNet's planted layer3 units on the default toy probe, split into describe / score."""
     from dndbench.models.base import MODELS
     from dndbench.registry import registry_for
 
     model = MODELS.create("toynet")
-    probe = PROBES.create("toyworld", size=600, split=split)
-    cache = Cache(tmp_path / "cache")
-    model.cache = probe.cache = cache
+    probe = PROBES.create("toyworld", split="describe")
+    cache = Cache(cache_dir)
+    probe.cache = cache
+    model.cache = Cache(model_cache) if model_cache else cache
     planted = model.planted_concepts("layer3")
     backends = {kind: registry_for(kind).config("toy", device="cpu") for kind in ("vlm", "text2image")}
     ctx = Context(model=model, probe=probe, layer="layer3", units=sorted(planted), cache=cache,
@@ -477,18 +479,26 @@ def _planted_context(tmp_path: Path, split: str = "all") -> Any:
     return ctx, planted
 
 
-@pytest.mark.slow
-def test_planted_units_perfect_beats_wrong(tmp_path: Path) -> None:
-    ctx, planted = _planted_context(tmp_path, split="describe")
+def check_planted(ctx: Context, planted: dict[int, str]) -> None:
+    """The oracle beats a shuffled oracle and a constant label on both metrics."""
     units = sorted(planted)
     names = [planted[u] for u in units]
-    perfect = pd.DataFrame({"unit": units, "label": names})
-    wrong = pd.DataFrame({"unit": units, "label": names[1:] + names[:1]})
-    constant = pd.DataFrame({"unit": units, "label": ["depiction"] * len(units)})
+    tables = {"oracle": names, "shuffled": names[1:] + names[:1], "constant": ["depiction"] * len(units)}
+    frames = {k: pd.DataFrame({"unit": units, "label": v}) for k, v in tables.items()}
     sim = METRICS.create("simulation")
-    s_perfect, s_wrong = (values(sim.score(t, ctx), SIMULATION) for t in (perfect, wrong))
-    assert s_perfect.mean() > s_wrong.mean() + 0.2 and s_perfect.mean() > 0.3
+    s = {k: values(sim.score(f, ctx), SIMULATION) for k, f in frames.items()}
+    assert s["oracle"].mean() > 0.2
+    assert s["oracle"].mean() > s["shuffled"].mean() + 0.2 and s["oracle"].mean() > s["constant"].mean() + 0.2
     cosy = METRICS.create("cosy")
-    c_perfect, c_wrong, c_constant = (values(cosy.score(t, ctx), AUC) for t in (perfect, wrong, constant))
-    assert np.median(c_perfect) > 0.9
-    assert c_perfect.mean() > c_wrong.mean() + 0.2 and c_perfect.mean() > c_constant.mean() + 0.2
+    c = {k: cosy.score(f, ctx) for k, f in frames.items()}
+    auc = {k: values(v, AUC) for k, v in c.items()}
+    assert auc["oracle"].mean() > auc["shuffled"].mean() + 0.1
+    assert auc["oracle"].mean() > auc["constant"].mean() + 0.2
+    scenes = [i for i, u in enumerate(units) if planted[u] in ("water", "brick wall")]
+    assert auc["oracle"][scenes].min() > 0.85, "scene units fire on the held-out renders of their scene"
+    assert values(c["oracle"], MAD).mean() > values(c["constant"], MAD).mean() + 1
+
+
+@pytest.mark.slow
+def test_planted_units_oracle_beats_shuffled_and_constant(tmp_path: Path) -> None:
+    check_planted(*planted_context(tmp_path / "cache"))

@@ -9,14 +9,19 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_module
 
+import dndbench.testing.kit  # noqa: F401  (registers the kit_words embedder)
 from dndbench.cli import main, precheck, setup
-from dndbench.config import (DATA_VARIABLES, TRACK_DEFAULTS, check_data, csv_units,
-                             to_run_spec, track_of)
+from dndbench.config import (
+    DATA_VARIABLES,
+    TRACK_DEFAULTS,
+    check_data,
+    csv_units,
+    to_run_spec,
+    track_of,
+)
 from dndbench.errors import ConfigError
 from dndbench.registry import registries
 from dndbench.results.reference import ALL_LAYERS, published_rows, render
-
-import dndbench.testing.kit  # noqa: F401  (registers the kit_words embedder)
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "dndbench" / "conf" / "experiment"
 PRESETS = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
@@ -54,8 +59,7 @@ def test_each_model_brings_its_tracks_probe_and_backends(model: str, track: str)
 def test_real_defaults_are_the_papers() -> None:
     spec = compose_spec(["model=resnet50", "describer=dnd", "llm.max_calls=7"])
     assert chosen(spec) == {"probe": "imagenet_broden", "captioner": "blip", "llm": "openai",
-                                 "text2image": "sd14", "vlm": "clip_vitb16",
-                                 "embedder": "minilm"}
+                                 "text2image": "sd14", "vlm": "clip_vitb16"}
     # options of the track's backend are reachable without naming it
     assert spec.backends["llm"].max_calls == 7
     assert spec.backends["llm"].model == "gpt-4-0125-preview"
@@ -273,3 +277,41 @@ def test_config_dir_overlay_runs(overlay: Path, tmp_path: Path) -> None:
     assert code == 0
     descriptions = pd.read_csv(run / "descriptions.csv")
     assert set(descriptions.label) == {"depiction"} and sorted(descriptions.unit) == [0, 2]
+
+
+# -- DnD's prompts -----------------------------------------------------------------------------
+def test_prompts_keep_the_reference_semantics() -> None:
+    from dndbench.describers.dnd import candidates as cand
+
+    simplify = cand.simplify_conversation("a dog on a beach")
+    assert "1 to 5 words" in simplify[0]["content"]  # the demonstration has the limit ...
+    assert "5 words" not in simplify[-1]["content"]  # ... the real request does not
+    assert simplify[-1]["content"].endswith("\nDescription: a dog on a beach")
+    summary = cand.summary_conversation(["x", "y"])
+    assert "most, not necessarily all" in summary[0]["content"]
+    first_shot = cand.SUMMARY_SHOTS[0][0]
+    assert any("windmill" in c for c in first_shot)  # the outlier caption ...
+    assert not any("windmill" in c and ("fabric" in c or "cloth" in c) for c in first_shot)
+    assert cand.SUMMARY_SHOTS[0][1] == "multicolored textiles"  # ... and "most" still wins
+    assert summary[-1]["content"].endswith("\nDescriptions: x, y")
+
+
+def test_prompts_are_options_that_reach_the_llm(tmp_path: Path) -> None:
+    from test_dnd import dnd, fake_context
+
+    seen: list[str] = []
+    ctx = fake_context(tmp_path, layer="fc", units=[0, 1])
+    llm = ctx.backend("llm")
+    chat = llm.chat
+
+    def recording(conversations):
+        seen.extend(c[-1]["content"] for c in conversations)
+        return chat(conversations)
+
+    llm.chat = recording
+    out = dnd(simplify_prompt="SIMPLIFY THIS.", summary_prompt="SUM UP.", answer_rules="RULES.",
+              n=2, q=2).describe(ctx)
+    assert out and any(s.startswith("SIMPLIFY THIS.\nDescription: ") for s in seen)
+    assert any(s.startswith("SUM UP. RULES. Do not just repeat") for s in seen)
+    spec = compose_spec(["describer=dnd", "describer.summary_prompt=Name the shared concept."])
+    assert spec.describers[0].summary_prompt == "Name the shared concept."

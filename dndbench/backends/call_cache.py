@@ -10,21 +10,44 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import sqlite3
+import time
 from contextlib import closing
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
-from dndbench.cache import Cache
+from dndbench.cache import Cache, file_mode
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, kind TEXT NOT NULL, value BLOB NOT NULL)"
 _CHUNK = 500  # keys per SQL statement (below SQLite's variable limit)
+T = TypeVar("T")
+
+
+def _create_table(con: sqlite3.Connection) -> None:
+    con.execute(_SCHEMA)
+    con.commit()
 
 
 def call_key(backend: str, model: str, params: Any, data: Any) -> str:
     """Stable hex key of one model call (the same across processes and runs)."""
     text = json.dumps([backend, model, params, data], sort_keys=True, default=repr)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _retry(statement: Callable[[], T], timeout_s: float) -> T:
+    """Run ``statement``, retrying with exponential backoff (up to ``timeout_s``) while SQLite
+    answers that the database is locked or busy."""
+    delay, deadline = 0.01, time.monotonic() + timeout_s
+    while True:
+        try:
+            return statement()
+        except sqlite3.OperationalError as exc:
+            text = str(exc).lower()
+            if ("locked" not in text and "busy" not in text) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
 
 
 def _encode(value: Any) -> tuple[str, bytes]:
@@ -68,15 +91,38 @@ class CallCache:
         return cls(cache.root / "calls")
 
     def _connect(self) -> sqlite3.Connection:
-        self.root.mkdir(parents=True, exist_ok=True)
+        if not self._ready:
+            self._prepare()
         con = sqlite3.connect(self.path, timeout=self.timeout_s)
         con.execute(f"PRAGMA busy_timeout = {int(self.timeout_s * 1000)}")
-        if not self._ready:
-            con.execute("PRAGMA journal_mode = WAL")
-            con.execute(_SCHEMA)
-            con.commit()
-            self._ready = True
         return con
+
+    def _prepare(self) -> None:
+        """Make sure the database exists in WAL mode with its table (once per object).
+
+        Switching a database to WAL needs an exclusive lock, which SQLite refuses at once
+        (its busy handler does not cover that upgrade) while another process writes in
+        rollback mode, as a new database's creator does.  So the switch happens under a file
+        lock (``calls.sqlite.lock``) that every process takes on first use, a database already
+        in WAL mode is left as it is, and a refused statement is retried with backoff until
+        ``timeout_s``.  A new database gets the user's umask-derived mode (its ``-wal`` and
+        ``-shm`` files follow it), so a group can share the cache."""
+        from filelock import FileLock
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.path) + ".lock", timeout=self.timeout_s):
+            new = not self.path.exists()
+            with closing(sqlite3.connect(self.path, timeout=self.timeout_s)) as con:
+                con.execute(f"PRAGMA busy_timeout = {int(self.timeout_s * 1000)}")
+                mode = _retry(lambda: con.execute("PRAGMA journal_mode").fetchone()[0],
+                              self.timeout_s)
+                if str(mode).lower() != "wal":
+                    _retry(lambda: con.execute("PRAGMA journal_mode = WAL").fetchone(),
+                           self.timeout_s)
+                _retry(lambda: _create_table(con), self.timeout_s)
+            if new:
+                os.chmod(self.path, file_mode())
+        self._ready = True
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """Values of the keys that are present (absent keys are left out and counted as misses)."""

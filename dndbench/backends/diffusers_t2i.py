@@ -77,11 +77,16 @@ class StableDiffusionConfig(HubConfig):
     lora_scale: float = 1.0
 
 
+#: the SD v1-5 weights on the Hugging Face hub (moved from ``runwayml/stable-diffusion-v1-5``,
+#: which the DnD README names and which no longer exists)
+SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+
 @dataclass
 class StableDiffusion15Config(StableDiffusionConfig):
     """``sd15``: the v1-5 weights, ``sd14``'s settings."""
 
-    model_id: str = "runwayml/stable-diffusion-v1-5"
+    model_id: str = SD15_REPO
 
 
 @dataclass
@@ -98,7 +103,7 @@ class StableDiffusionTurboConfig(StableDiffusionConfig):
 class StableDiffusionLCMConfig(StableDiffusionConfig):
     """``sd15_lcm``: v1-5 with the LCM scheduler, 4 steps, no guidance."""
 
-    model_id: str = "runwayml/stable-diffusion-v1-5"
+    model_id: str = SD15_REPO
     scheduler: Scheduler = Scheduler.lcm
     steps: int = 4
     guidance: float = 1.0  # LCM-LoRA runs without classifier-free guidance

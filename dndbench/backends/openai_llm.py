@@ -68,9 +68,6 @@ class OpenAILLM(LLM[OpenAIConfig]):
         """Raise a ConfigError, before a job starts, for what would fail at its first request:
         no API key in the environment, a ``base_url`` that is not an http(s) URL or that holds
         credentials (they belong in ``$OPENAI_BASE_URL``)."""
-        if not os.environ.get(KEY_VARIABLE, "").strip():
-            raise ConfigError(f"llm 'openai' needs an API key: export {KEY_VARIABLE}=... (it is "
-                              f"read from the environment only), or choose another llm")
         url = config.base_url.strip()
         if url and not url.lower().startswith(("http://", "https://")):
             raise ConfigError(f"llm.base_url={url}: not an http(s) URL; give the server's API "
@@ -78,6 +75,9 @@ class OpenAILLM(LLM[OpenAIConfig]):
         if has_credentials(url):
             raise ConfigError(f"llm.base_url holds credentials; export {URL_VARIABLE}=... instead "
                               f"(read from the environment only, never written)")
+        if not os.environ.get(KEY_VARIABLE, "").strip():
+            raise ConfigError(f"llm 'openai' needs an API key: export {KEY_VARIABLE}=... (it is "
+                              f"read from the environment only), or choose another llm")
 
     def server(self) -> str:
         """The server requests go to, without credentials: ``base_url``, else

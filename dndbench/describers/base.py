@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from dndbench.registry import Choice, ComponentConfig, Registry
 
@@ -13,7 +13,20 @@ if TYPE_CHECKING:
 
 @dataclass
 class DescriberConfig(ComponentConfig):
-    """Options every describer has."""
+    """Options every describer has.
+
+    ``label_as`` names the setting in every table (``describer.label_as="DnD, beta=5"``);
+    empty: the name plus the options that differ from their defaults
+    (:func:`dndbench.pipeline.setting_label`).  It is not part of any cache key
+    (:attr:`cache_exclude`), so relabelling a setting recomputes nothing.  ``label_options``
+    are options a describer is named by, shown in brackets (``published[dnd]``)."""
+
+    #: options left out of cache keys (:func:`dndbench.cache.stable_hash`)
+    cache_exclude: ClassVar[tuple[str, ...]] = ("label_as",)
+    #: options shown in brackets after the name in setting labels
+    label_options: ClassVar[tuple[str, ...]] = ()
+
+    label_as: str = ""
 
 
 C = TypeVar("C", bound=DescriberConfig)
@@ -50,7 +63,9 @@ class Describer(ABC, Generic[C]):
 
     Class attributes declare what the method needs, so a run loads only that:
     ``needs_weights`` (trained target weights), ``needs_probe`` (probe images / activations).
-    ``in_default_suite`` puts it in the default job (``describer=all``); ``role`` says what its
+    ``in_default_suite`` puts it in the default job (``describer=all``; a plugin's component
+    joins only when its own class sets it, see :attr:`dndbench.registry.Entry.in_default_suite`);
+    ``role`` says what its
     rows are in tables: ``method``, ``control`` (a floor, e.g. a constant label) or ``reference``
     (the ground truth, a ceiling).
     Bump ``version`` when a change alters results: it is part of the cache key.

@@ -91,11 +91,12 @@ def _file_digest(path: Path) -> str:
 
 
 def read_descriptions_file(path: Path, ctx: "Context", setting: str = "") -> "pd.DataFrame":
-    """The rows of a dndbench descriptions.csv for ``ctx``'s model and layer (and one setting)."""
-    import pandas as pd
+    """The rows of a dndbench descriptions.csv for ``ctx``'s model and layer (and one setting),
+    with their exact text (:func:`dndbench.results.records.read_descriptions`)."""
+    from dndbench.results.records import read_descriptions
 
     try:
-        df = pd.read_csv(path)
+        df = read_descriptions(path)
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read descriptions {path}: {exc}") from exc
     missing = [c for c in ("unit", "label") if c not in df.columns]

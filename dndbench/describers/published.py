@@ -1,6 +1,6 @@
 """Describer ``published``: per-unit descriptions that other authors released, read from a CSV.
 
-Formats (see ``shared/data/published/README.md`` for the real files):
+Formats (``docs/describers/published.md`` lists the released files and their layouts):
 
 * ``dnd`` -- ``Neuron ID,label`` or ``Neuron ID,Label 1,Label 2,Label 3``; one layer per file.
 * ``clip_dissect`` -- ``layer,unit,description[,similarity]``.
@@ -14,7 +14,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from dndbench.describers.base import DESCRIBERS, Describer, DescriberConfig, Description
 from dndbench.errors import ConfigError, DataError
@@ -156,7 +156,11 @@ def file_digest(path: Path | str) -> str:
 @dataclass
 class PublishedConfig(DescriberConfig):
     """``path``: the CSV; ``format``: its layout; ``layer``: the rows to read from a file of
-    several layers (default: the run's layer); ``clean_labels``: readable Broden names."""
+    several layers (default: the run's layer); ``clean_labels``: Broden names as the authors'
+    cleaned concept list spells them (:func:`clean_broden_label`).
+    Settings are named after the method whose file they read: ``published[dnd](path=...)``."""
+
+    label_options: ClassVar[tuple[str, ...]] = ("format",)
 
     path: str = ""
     format: PublishedFormat = PublishedFormat.dnd

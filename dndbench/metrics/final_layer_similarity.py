@@ -1,6 +1,7 @@
 """Metric ``final_layer_similarity``: final-layer descriptions against the units' class names.
 
-Follows CLIP-Dissect's final-layer evaluation (METHODS.md §5.1, §6): unit i of the output layer
+Follows CLIP-Dissect's final-layer evaluation (Oikarinen & Weng, ICLR 2023), which the DnD paper
+reuses; see ``docs/metrics/final_layer_similarity.md``.  Unit i of the output layer
 should be described by class i's name.  Emits, per unit,
 
 * ``final_layer_similarity`` -- cosine of the description's and the class string's text embeddings;

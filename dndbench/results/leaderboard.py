@@ -87,10 +87,15 @@ def find_score_tables(paths: Iterable[Path]) -> list[Path]:
 
 
 def load_scores(paths: Iterable[Path]) -> "pd.DataFrame":
-    """Concatenate the score tables of many runs (later runs of the same setting win)."""
+    """Concatenate the score tables of many runs.
+
+    A run's table found twice (overlapping paths) is read once; two different runs with the
+    same setting label for the same matched group and units are a DataError naming both run
+    directories, since keeping either would silently drop the other (give one a distinct
+    ``describer.label_as=...``)."""
     import pandas as pd
 
-    tables = find_score_tables(paths)
+    tables = list(dict.fromkeys(p.resolve() for p in find_score_tables(paths)))
     if not tables:
         raise DataError("no scores.csv found under the given paths; pass run directories "
                         "written by `python -m dndbench`")
@@ -99,7 +104,26 @@ def load_scores(paths: Iterable[Path]) -> "pd.DataFrame":
     if not frames:
         raise DataError("the score tables found are all empty")
     scores = pd.concat(frames, ignore_index=True)
-    return scores.drop_duplicates(subset=GROUP + ["setting", "unit"], keep="last")
+    check_one_run_per_label(scores)
+    return scores
+
+
+def check_one_run_per_label(scores: "pd.DataFrame") -> None:
+    """Raise a DataError when two runs give one setting label to the same (group, unit)."""
+    key = GROUP + ["setting", "unit"]
+    rows = scores.drop_duplicates(key + ["run"])
+    ident = rows[key].astype(str).agg("\x1f".join, axis=1)
+    counts = rows.groupby(ident)["run"].nunique()
+    clashes = counts[counts > 1]
+    if not len(clashes):
+        return
+    mine = rows[ident == clashes.index[0]]
+    where = mine.iloc[0]
+    both = sorted(mine["run"].unique())
+    raise DataError(f"setting {where['setting']!r} has scores from two runs for "
+                    f"{where['model']}.{where['layer']} ({where['metric']}, neuron set "
+                    f"{str(where['neuron_set'])[:8]}): {both[0]} and {both[1]}; pass only one "
+                    f"of them, or rerun one with describer.label_as=NAME to keep both")
 
 
 def load_costs(paths: Iterable[Path]) -> "pd.DataFrame | None":

@@ -2,16 +2,28 @@
 
 Layout of a run directory::
 
-    descriptions.csv   one row per (describer setting, layer, unit); ``role`` last
+    descriptions.csv   one row per (describer setting, layer, unit); ``role`` last; safe to
+                       open in a spreadsheet (:func:`spreadsheet_safe`)
+    descriptions.parquet  the same table with the exact text (read it with
+                       :func:`read_descriptions`)
     scores.csv         one row per (describer setting, layer, unit, metric); ``role`` last
     costs.csv          one row per (describer setting, layer): seconds and model calls per unit
     summary.json       {"metrics": {"<metric>": {"mean": ..., "n": ...}}, "describers": {...},
                         "costs": {...}, "layers": {"<layer>": {the same, for that layer}}};
                        the top level pools every layer (each unit counts once)
-    run.json           resolved config (secrets removed), versions, timings, counts, neuron sets
+    run.json           resolved config (secrets removed), versions, machine (torch threads, CPU
+                       capability, torch version), timings, counts, neuron sets
     leaderboard.md/.csv  this run's leaderboard
 
 Every file is written atomically, so an interrupted run never leaves half a table.
+
+**Spreadsheet safety.**  A text cell of ``descriptions.csv`` (labels are written by models and
+by other authors' files) that starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage
+return, which a spreadsheet would run as a formula, is written with a leading apostrophe
+(``=HYPERLINK(...)`` -> ``'=HYPERLINK(...)``); so the rule can be undone, a text that already
+starts with an apostrophe gets one more.  Cells that are numbers (``-0.5``) are left alone.
+:func:`read_descriptions` undoes the rule (or reads the parquet copy, which keeps the exact
+text).
 """
 from __future__ import annotations
 
@@ -25,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dndbench.cache import atomic_path
+from dndbench.redact import is_secret_name, redact, scrub_secrets
 from dndbench.costs import COLUMNS as COST_COLUMNS
 from dndbench.costs import cost_row
 
@@ -33,19 +46,70 @@ if TYPE_CHECKING:
 
     from dndbench.pipeline import JobResult
 
-SECRET_KEY = re.compile(r"(api_?key|token|secret|password)", re.IGNORECASE)
 VERSIONED = ("dndbench", "torch", "torchvision", "numpy", "pandas", "hydra-core",
              "sentence-transformers", "transformers", "diffusers", "open_clip_torch", "openai")
+#: first characters that make a spreadsheet evaluate a cell (CSV / formula injection)
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+#: what neutralises such a cell (and escapes a cell that starts with it)
+ESCAPE = "'"
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
-def scrub_secrets(obj: Any) -> Any:
-    """Replace values of secret-looking keys by ``"<redacted>"`` (recursively)."""
-    if isinstance(obj, dict):
-        return {k: ("<redacted>" if SECRET_KEY.search(str(k)) and v else scrub_secrets(v))
-                for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [scrub_secrets(v) for v in obj]
-    return obj
+def neutralise_cell(value: Any) -> Any:
+    """A text cell a spreadsheet would evaluate, behind an apostrophe (see the module
+    docstring); numbers, other texts and non-texts unchanged."""
+    if not isinstance(value, str) or not value:
+        return value
+    if value[0] == ESCAPE or (value[0] in FORMULA_START and not _NUMBER.match(value)):
+        return ESCAPE + value
+    return value
+
+
+def restore_cell(value: Any) -> Any:
+    """The inverse of :func:`neutralise_cell`."""
+    return value[1:] if isinstance(value, str) and value.startswith(ESCAPE) else value
+
+
+def spreadsheet_safe(frame: "pd.DataFrame") -> "pd.DataFrame":
+    """A copy of ``frame`` with every text cell neutralised (:func:`neutralise_cell`)."""
+    out = frame.copy()
+    for column in out.columns:
+        if out[column].dtype == object:
+            out[column] = out[column].map(neutralise_cell)
+    return out
+
+
+def read_descriptions(path: Path | str) -> "pd.DataFrame":
+    """A run's descriptions table with its exact text: ``descriptions.parquet`` beside the
+    given CSV when present, else the CSV with the spreadsheet rule undone."""
+    import pandas as pd
+
+    path = Path(path)
+    parquet = path.with_suffix(".parquet")
+    if parquet.is_file():
+        return pd.read_parquet(parquet)
+    frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    for column in frame.columns:
+        if frame[column].dtype == object:
+            frame[column] = frame[column].map(restore_cell)
+    return frame
+
+
+def write_parquet(path: Path, frame: "pd.DataFrame") -> None:
+    """``frame`` as parquet, atomically; a column of mixed types is stored as text."""
+    try:
+        with atomic_path(path) as tmp:
+            frame.to_parquet(tmp, index=False)
+        return
+    except (TypeError, ValueError):  # pyarrow's ArrowTypeError / ArrowInvalid: mixed types
+        pass
+    mixed = frame.copy()
+    for column in mixed.columns:
+        if mixed[column].dtype == object:
+            mixed[column] = mixed[column].map(
+                lambda v: v if v is None or isinstance(v, str) else str(v))
+    with atomic_path(path) as tmp:
+        mixed.to_parquet(tmp, index=False)
 
 
 def package_versions() -> dict[str, str]:
@@ -57,6 +121,18 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return versions
+
+
+def machine_record() -> dict[str, Any]:
+    """What CPU results depend on besides the code and the packages: torch's thread count
+    (``torch.get_num_threads()``), the CPU kernels it dispatches to
+    (``torch.backends.cpu.get_cpu_capability()``), the torch version and the platform."""
+    import torch
+
+    return {"torch_threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "torch": torch.__version__, "machine": platform.machine(),
+            "system": platform.system()}
 
 
 def write_text(path: Path, text: str) -> None:
@@ -179,7 +255,8 @@ def write_run(run_dir: Path, result: "JobResult", config: dict[str, Any], overri
     run_dir.mkdir(parents=True, exist_ok=True)
     descriptions, scores = tables(result, model, probe)
     costs = costs_table(result)
-    write_csv(run_dir / "descriptions.csv", descriptions)
+    write_csv(run_dir / "descriptions.csv", spreadsheet_safe(descriptions))
+    write_parquet(run_dir / "descriptions.parquet", descriptions)
     write_csv(run_dir / "scores.csv", scores)
     write_csv(run_dir / "costs.csv", costs)
     write_text(run_dir / "summary.json", json.dumps(summary(result, scores, costs), indent=2))
@@ -188,8 +265,10 @@ def write_run(run_dir: Path, result: "JobResult", config: dict[str, Any], overri
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "seconds": round(time.time() - started, 3),
         "config": scrub_secrets(config),
-        "overrides": [o for o in overrides if not SECRET_KEY.search(o.split("=")[0])],
+        "overrides": [redact(o) for o in overrides
+                      if not is_secret_name(o.lstrip("+~").split("=")[0])],
         "versions": package_versions(),
+        "machine": machine_record(),
         "neurons": result.neurons.to_dict(),
         "neuron_sets": [n.to_dict() for n in result.neuron_sets],
         "timings": {k: round(v, 3) for k, v in result.timings.items()},

@@ -100,10 +100,12 @@ def render(ref: ReferenceFigures, table: "pd.DataFrame | None") -> str:
         lines.append(f"  note: {ref.note}")
     lines += ["", "| setting | " + " | ".join(layers) + " |",
               "|---|" + "---|" * len(layers)]
+    from dndbench.results.leaderboard import md_cell
+
     for label, rows in (("published", published), ("this run", ours)):
         for setting, values in rows.items():
             cells = " | ".join(_cell(values.get(layer)) for layer in layers)
-            lines.append(f"| {setting} ({label}) | {cells} |")
+            lines.append(f"| {md_cell(setting)} ({label}) | {cells} |")
     if not ours and ref.metric:
         lines.append(f"(this run has no {ref.metric} figures)")
     return "\n".join(lines)

@@ -71,10 +71,13 @@ def environment() -> Any:
     """The jinja2 environment of the report templates (autoescape on for everything)."""
     import jinja2
 
+    from dndbench.results.report_cards import cost_header
+
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True,
                              lstrip_blocks=True)
     env.filters["fmt"] = _fmt
+    env.globals["cost_header"] = cost_header
     env.filters["pct"] = lambda v: _fmt(None if v is None else 100 * float(v), ".0f") + (
         "" if v is None else " %")
     env.filters["sortval"] = lambda v: "" if v is None else repr(float(v))
@@ -123,17 +126,18 @@ def render(descriptions: "pd.DataFrame", scores: "pd.DataFrame", table: "pd.Data
            links: Sequence[str] = ()) -> str:
     """The report page as a string."""
     from dndbench.results.leaderboard import metric_agreement, pairs_table
-    from dndbench.results.report_cards import agreement_rows, boards, cards
+    from dndbench.results.report_cards import agreement_matrices, boards, cards, overviews
 
     by_unit = {(m.model, m.layer, int(m.unit)): m for m in media}
     unit_cards = cards(descriptions, scores, by_unit)
     board_list = boards(table, pairs_table(table)) if table is not None and len(table) else []
-    agreement = agreement_rows(metric_agreement(table)) if board_list else []
+    agreement = agreement_matrices(metric_agreement(table)) if board_list else []
     settings = list(dict.fromkeys(str(s) for s in descriptions.get("setting", [])))
     metrics = list(dict.fromkeys(str(m) for m in scores.get("metric", [])))
     layers = list(dict.fromkeys(c.where for c in unit_cards))
     return environment().get_template("report.html.j2").render(
-        static=static_files(), title=title, meta=meta, links=list(links), boards=board_list, agreement=agreement,
+        static=static_files(), title=title, meta=meta, links=list(links), boards=board_list,
+        overviews=overviews(board_list), agreement=agreement,
         figures=figures(table, scores), cards=unit_cards, settings=settings, metrics=metrics,
         layers=layers, page_size=PAGE_SIZE, has_images=any(m.top for m in media))
 
@@ -205,8 +209,10 @@ def load_descriptions(dirs: Sequence[Path]) -> "pd.DataFrame":
     """The descriptions tables of many runs (later runs of the same setting and unit win)."""
     import pandas as pd
 
-    frames = [pd.read_csv(d / "descriptions.csv", keep_default_na=False, na_values=[""])
-              .assign(run=str(d)) for d in dirs if (d / "descriptions.csv").is_file()]
+    from dndbench.results.records import read_descriptions
+
+    frames = [read_descriptions(d / "descriptions.csv").assign(run=str(d))
+              for d in dirs if (d / "descriptions.csv").is_file()]
     frames = [f for f in frames if len(f)]
     if not frames:
         return pd.DataFrame(columns=["setting", "describer", "model", "layer", "unit", "label"])

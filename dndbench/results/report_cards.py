@@ -69,6 +69,7 @@ class Board:
     """One matched group's leaderboard (a metric on a layer, or pooled over layers)."""
 
     title: str
+    where: str
     metric: str
     layer: str
     rows: list[BoardRow]
@@ -78,9 +79,21 @@ class Board:
 
 
 def cost_columns(table: "pd.DataFrame") -> list[str]:
-    """The table's per-unit cost columns, seconds first, those with any value only."""
-    cols = [c for c in table.columns if str(c).endswith("_per_unit") and table[c].notna().any()]
+    """The table's per-unit cost columns: seconds first, then the kinds some setting used."""
+    cols = [c for c in table.columns if str(c).endswith("_per_unit")
+            and (c == "seconds_per_unit" or (table[c].fillna(0).astype(float) > 0).any())]
     return sorted(cols, key=lambda c: (c != "seconds_per_unit", cols.index(c)))
+
+
+def cost_header(column: str) -> tuple[str, str]:
+    """A cost column's short header and its explanation (per unit)."""
+    from dndbench.costs import KINDS
+
+    kind = column.removesuffix("_per_unit")
+    if kind == "seconds":
+        return "s", "describer seconds per unit (the shared probe pass excluded)"
+    what = KINDS[kind][1] if kind in KINDS else kind.replace("_", " ")
+    return kind.replace("_", " ").replace("llm", "LLM"), f"{what}, per unit"
 
 
 def boards(table: "pd.DataFrame", pairs: "pd.DataFrame | None") -> list[Board]:
@@ -92,7 +105,8 @@ def boards(table: "pd.DataFrame", pairs: "pd.DataFrame | None") -> list[Board]:
     for _, group in table.groupby(GROUP, sort=False, dropna=False):
         first = group.iloc[0]
         layer = str(first["layer"])
-        where = "all layers pooled" if layer == ALL_LAYERS else f"{first['model']}.{layer}"
+        where = (f"{first['model']}, all layers pooled" if layer == ALL_LAYERS
+                 else f"{first['model']}.{layer}")
         rows = []
         for rank, r in enumerate(group.to_dict("records"), start=1):
             rows.append(BoardRow(
@@ -102,6 +116,7 @@ def boards(table: "pd.DataFrame", pairs: "pd.DataFrame | None") -> list[Board]:
                 costs={c: number(r.get(c)) for c in costs}, vs_best=text(r["vs_best"]),
                 p=number(r["p_vs_best"])))
         board = Board(title=f"{first['metric']} — {where} (probe {first['probe']})",
+                      where=f"{where} (probe {first['probe']})",
                       metric=str(first["metric"]), layer=layer, rows=rows, cost_columns=costs,
                       has_chance="chance" in group and group["chance"].notna().any())
         if pairs is not None and len(pairs):
@@ -114,6 +129,70 @@ def boards(table: "pd.DataFrame", pairs: "pd.DataFrame | None") -> list[Board]:
                            for p in pairs[mask].to_dict("records")]
         out.append(board)
     return out
+
+
+@dataclass
+class Overview:
+    """Every metric of one place (a layer, or all layers pooled) side by side: one row per
+    setting, one cell per metric (its leaderboard row), and the setting's costs."""
+
+    where: str
+    metrics: list[str]
+    chance: dict[str, float | None]
+    rows: list[dict[str, Any]]
+    cost_columns: list[str]
+
+
+def overviews(board_list: list[Board]) -> list[Overview]:
+    """The boards regrouped by place; settings in the first metric's order, then any others."""
+    places: dict[str, list[Board]] = {}
+    for board in board_list:
+        places.setdefault(board.where, []).append(board)
+    out = []
+    for where, group in places.items():
+        order = list(dict.fromkeys(r.setting for b in group for r in b.rows))
+        cells = {b.metric: {r.setting: r for r in b.rows} for b in group}
+        rows = []
+        for setting in order:
+            mine = [cells[b.metric][setting] for b in group if setting in cells[b.metric]]
+            rows.append({"setting": setting, "role": mine[0].role,
+                         "cells": {b.metric: cells[b.metric].get(setting) for b in group},
+                         "costs": mine[0].costs})
+        chance = {}
+        for b in group:
+            values = [r.chance for r in b.rows if r.chance is not None]
+            chance[b.metric] = values[0] if values else None
+        out.append(Overview(where=where, metrics=[b.metric for b in group], chance=chance,
+                            rows=rows, cost_columns=group[0].cost_columns))
+    return out
+
+
+@dataclass
+class Agreement:
+    """Kendall's τ between every two metrics at one place, as a matrix."""
+
+    where: str
+    metrics: list[str]
+    tau: dict[tuple[str, str], tuple[float | None, float | None, int]]
+
+
+def agreement_matrices(agreement: "pd.DataFrame") -> list[Agreement]:
+    """One τ matrix per (model.layer, probe) of the agreement table."""
+    out: dict[str, Agreement] = {}
+    for r in agreement.to_dict("records"):
+        from dndbench.results.statistics import ALL_LAYERS
+
+        place = (f"{r['model']}, all layers pooled" if str(r["layer"]) == ALL_LAYERS
+                 else f"{r['model']}.{r['layer']}")
+        where = f"{place} (probe {r['probe']})"
+        item = out.setdefault(where, Agreement(where, [], {}))
+        for m in (text(r["metric_a"]), text(r["metric_b"])):
+            if m not in item.metrics:
+                item.metrics.append(m)
+        cell = (number(r["tau"]), number(r["p"]), int(r["n_settings"]))
+        item.tau[(text(r["metric_a"]), text(r["metric_b"]))] = cell
+        item.tau[(text(r["metric_b"]), text(r["metric_a"]))] = cell
+    return list(out.values())
 
 
 def agreement_rows(agreement: "pd.DataFrame") -> list[dict[str, Any]]:
@@ -225,7 +304,7 @@ def setting_row(row: dict[str, Any], scores: dict[str, float | None],
     describer = text(row.get("describer"))
     setting = text(row.get("setting"))
     labels = [text(row.get(c)) for c in ("label", "label_2", "label_3")]
-    hits = [scores[m] for m in HIT_METRICS if scores.get(m) is not None]
+    hits = [v for v in (scores.get(m) for m in HIT_METRICS) if v is not None]
     out = SettingRow(setting=setting, describer=describer, role=text(row.get("role")) or "method",
                      labels=[x for x in labels if x], own_score=number(row.get("score")),
                      scores=scores, hit=(bool(hits[0] >= 0.5) if hits else None))
@@ -263,7 +342,7 @@ def cards(descriptions: "pd.DataFrame", scores: "pd.DataFrame",
     for row in descriptions.to_dict("records"):
         key = (str(row["model"]), str(row["layer"]), int(row["unit"]))
         groups.setdefault(key, []).append(row)
-    for (model, layer, unit), item in media.items():  # units nobody described still get a card
+    for model, layer, unit in media:  # units nobody described still get a card
         groups.setdefault((model, layer, unit), [])
         layer_order.setdefault((model, layer), len(layer_order))
     out = []

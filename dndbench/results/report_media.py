@@ -39,7 +39,7 @@ GENERATED_THUMB = 64
 TOP_IMAGES = 8
 MAX_CROPS = 8
 GENERATED_PER_CANDIDATE = 3
-JPEG_QUALITY = 80
+JPEG_QUALITY = 72
 #: units whose maps are computed in one pass (bounds memory on wide layers)
 UNITS_PER_PASS = 16
 
@@ -128,7 +128,8 @@ def upsampled(activation: np.ndarray, size: int) -> np.ndarray:
 
 
 def heat_overlay(picture: "Image.Image", activation: np.ndarray) -> "Image.Image":
-    """The picture with the map over it (min-max normalised, inferno colours, 55 % at most)."""
+    """The picture under the map: min-max normalised, cold regions darkened and a jet-coloured
+    layer over it (half opaque), so the unit's hot region stands out."""
     from matplotlib import colormaps
     from PIL import Image
 
@@ -136,10 +137,10 @@ def heat_overlay(picture: "Image.Image", activation: np.ndarray) -> "Image.Image
     heat = upsampled(activation, size)
     lo, hi = float(heat.min()), float(heat.max())
     norm = (heat - lo) / (hi - lo) if hi > lo else np.zeros_like(heat)
-    colour = colormaps["inferno"](norm)[..., :3]
-    alpha = 0.55 * norm[..., None]
+    colour = colormaps["jet"](norm)[..., :3]
     base = np.asarray(picture.convert("RGB"), np.float64) / 255.0
-    mixed = base * (1 - alpha) + colour * alpha
+    base = base * (0.35 + 0.65 * norm[..., None])
+    mixed = 0.5 * base + 0.5 * colour
     return Image.fromarray(np.clip(mixed * 255, 0, 255).astype(np.uint8))
 
 
@@ -186,7 +187,7 @@ def dnd_crops(ctx: "Context", descriptions: "pd.DataFrame", unit: int
         if boxes:
             size = int(top.get("size", 375))
             pre = ctx.model.preprocessing()
-            return [crop(ctx.probe.image(i).convert("RGB"), box, size, pre)  # type: ignore[arg-type]
+            return [crop(ctx.probe.image(i).convert("RGB"), box, size, pre)
                     for i, box in boxes], str(row["setting"])
     return [], ""
 

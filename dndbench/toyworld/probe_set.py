@@ -67,9 +67,14 @@ class ToyWorldProbe(ProbeSet[ToyWorldConfig]):
         return hit
 
     def image(self, index: int) -> "Image.Image":
+        """Image ``index``, tagged with its spec for the oracle backends
+        (:mod:`dndbench.toyworld.image_specs`)."""
         from PIL import Image
 
-        return Image.fromarray(self._render(index)[0], "RGB")
+        from dndbench.toyworld.image_specs import tag
+
+        rgb, spec, _ = self._render(index)
+        return tag(Image.fromarray(rgb, "RGB"), spec)
 
     def spec(self, index: int) -> "SceneSpec":
         """The scene spec image ``index`` was rendered from."""

@@ -1,8 +1,9 @@
 """The ``toynet`` target model: a small ResNet trained on the toy world, with planted units.
 
 Weights live in ``<cache>/toynet/<key>/`` (``weights.pt`` + ``meta.json``) where ``key`` hashes
-the training config and code versions; they are trained on first use (about 1.5 minutes on two CPU
-cores), under a file lock so parallel jobs train once.
+the training config and code versions.  On first use they come from the weights shipped in the
+package when ``key`` is theirs (:mod:`dndbench.toyworld.weights`: the default config), else they
+are trained (about 1.5 minutes on two CPU cores), under a file lock so parallel jobs train once.
 """
 from __future__ import annotations
 
@@ -65,8 +66,11 @@ class ToyNetModel(TargetModel[ToyNetConfig]):
             return folder
         with self.cache.lock(folder):
             if not (folder / "meta.json").exists():
+                from dndbench.toyworld import weights
                 from dndbench.toyworld.train_toynet import train
 
+                if weights.install("toynet", folder.name, folder):  # the shipped weights
+                    return folder
                 log.warning("training toynet (first use, about 1.5 minutes on CPU) into %s", folder)
                 train(self.train_config(), folder, progress=self.progress)
         return folder

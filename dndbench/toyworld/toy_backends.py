@@ -16,9 +16,10 @@
   distribution (other object scales, positions, rotations; more pixel noise), for metrics
   that must not score with the generator a describer optimised against.
 
-Captioner and CLIP share one network (:mod:`dndbench.toyworld.backend_network`), trained on first
-use into ``<cache>/toy_backends/<key>/`` (about half a minute on CPU; or ahead of time with
-``python -m dndbench.toyworld.train_toy_backends``).  This module imports no torch at import time.
+Captioner and CLIP share one network (:mod:`dndbench.toyworld.backend_network`), installed on
+first use into ``<cache>/toy_backends/<key>/`` from the weights shipped in the package when
+``key`` is the default config's (:mod:`dndbench.toyworld.weights`), else trained there (about
+half a minute on CPU; or ahead of time with ``python -m dndbench.toyworld.train_toy_backends``).  This module imports no torch at import time.
 """
 from __future__ import annotations
 
@@ -36,7 +37,6 @@ from dndbench.backends.base import (
     Captioner,
     TextToImage,
     VisionLanguageModel,
-    png_bytes,
 )
 from dndbench.cache import Cache, stable_hash
 from dndbench.errors import DataError
@@ -97,8 +97,11 @@ class _ToyTrained:
             return folder
         with Cache(self.cache_dir).lock(folder):
             if not (folder / "meta.json").exists():
+                from dndbench.toyworld import weights
                 from dndbench.toyworld.train_toy_backends import train
 
+                if weights.install("toy_backends", folder.name, folder):  # the shipped weights
+                    return folder
                 log.warning("training the toy captioner + CLIP (first use, about half a minute "
                             "on CPU) into %s", folder)
                 train(self.train_config(), folder, progress=False)
@@ -190,6 +193,9 @@ class ToyRenderer(TextToImage[ToyRendererConfig]):
     """Toy-world renderer: the prompt's toy concepts fixed, the rest of the scene random."""
 
     Config = ToyRendererConfig
+    #: 2: each PNG carries its scene spec in a text chunk (for the oracle backends, see
+    #: :mod:`dndbench.toyworld.image_specs`); the pixels are those of version 1
+    version = "2"
 
     @property
     def model_id(self) -> str:
@@ -206,16 +212,30 @@ class ToyRenderer(TextToImage[ToyRendererConfig]):
         return out
 
     def _generate_items(self, items: list[tuple[str, int, int]]) -> list[bytes]:
-        return [png_bytes(render_prompt(prompt, seed, i, self.config.size, self.config.style))
-                for prompt, seed, i in items]
+        from dndbench.toyworld.image_specs import tagged_png
+        from dndbench.toyworld.render import render_image
+
+        out = []
+        for prompt, seed, i in items:
+            spec = styled_prompt_spec(prompt, seed, i, self.config.style)
+            out.append(tagged_png(render_image(spec, self.config.size), spec))
+        return out
 
 
 def render_prompt(prompt: str, seed: int, index: int, size: int = 64,
                   style: str = "default") -> "Image.Image":
     """Image ``index`` for ``prompt`` under ``seed``: a random scene showing the prompt's toy
-    concepts (see :func:`~dndbench.toyworld.world.spec_from_text`), drawn in ``style``."""
+    concepts (see :func:`~dndbench.toyworld.world.spec_from_text`), drawn in ``style``; tagged
+    with its spec (:func:`dndbench.toyworld.image_specs.tag`)."""
+    from dndbench.toyworld.image_specs import tag
     from dndbench.toyworld.render import render_image
 
+    spec = styled_prompt_spec(prompt, seed, index, style)
+    return tag(render_image(spec, size), spec)
+
+
+def styled_prompt_spec(prompt: str, seed: int, index: int, style: str = "default") -> "SceneSpec":
+    """The scene spec of image ``index`` of ``prompt`` under ``seed`` in ``style``."""
     spec = prompt_spec(prompt, seed, index)
     if style == "heldout":
         import numpy as np
@@ -227,7 +247,7 @@ def render_prompt(prompt: str, seed: int, index: int, size: int = 64,
         spec = heldout_spec(spec, rng)
     elif style != "default":
         raise ValueError(f"unknown render style {style!r}")
-    return render_image(spec, size)
+    return spec
 
 
 def prompt_spec(prompt: str, seed: int, index: int) -> "SceneSpec":

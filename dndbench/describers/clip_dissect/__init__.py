@@ -1,4 +1,5 @@
-"""CLIP-Dissect (Oikarinen & Weng, ICLR 2023), implemented from METHODS.md §2.
+"""CLIP-Dissect (Oikarinen & Weng, ICLR 2023), implemented from the paper and its released code
+(``docs/describers/clip_dissect.md``).
 
 1. Concept-activation matrix P (images x concepts): cosine of each probe image's embedding with
    the embedding of each bare concept word (no prompt template), both from the run's

@@ -1,4 +1,5 @@
-"""CLIP-Dissect's similarity functions between neurons and concepts (METHODS.md §2).
+"""CLIP-Dissect's similarity functions between neurons and concepts (Oikarinen & Weng, ICLR 2023;
+``docs/describers/clip_dissect.md``).
 
 Every function takes
 

@@ -1,15 +1,17 @@
-"""Describe-and-Dissect (DnD; Bai et al., TMLR 2025), implemented from METHODS.md §1.
+"""Describe-and-Dissect (DnD; Bai et al., TMLR 2025), implemented from the paper and its released
+code (``docs/describers/dnd.md``).
 
 For each unit: (1) its top-``k`` probe images, augmented with attention crops (Otsu boxes of the
 unit's upsampled activation map) and re-ranked; (2) the top images captioned, each caption
 optionally simplified by the LLM, then ``n`` LLM summaries over seeded shuffles of the captions,
 normalised into candidate concepts; (3) ``q`` images per candidate from the text-to-image
 backend, ranked by the unit's pooled activation, each candidate scored (``scoring``) and the best
-three kept: label 1 is the description.  Steps run batched over all units of a layer
-(:mod:`dndbench.describers.dnd.batching`): shared images, prompts and concepts are computed once and
-results equal those of one-unit-at-a-time runs.
+three kept: label 1 is the description.  Steps run batched over chunks of ``units_per_batch``
+units, with images streamed (:mod:`dndbench.describers.dnd.batching`): shared images, prompts and
+concepts are computed once, memory does not grow with the layer, and results equal those of
+one-unit-at-a-time runs.
 
-Paper vs released code (METHODS.md §1.8), both available; defaults:
+Paper vs released code (``docs/describers/dnd.md``, "Paper and code"), both available; defaults:
 
 * ``heatmap``: ``minmax`` (default; map min-max normalised to 8 bits before Otsu) or ``raw``
   (the code's ``x*255`` cast to uint8, which wraps for activations above 1);

@@ -1,4 +1,5 @@
-"""DnD step 2: candidate concepts (METHODS.md §1.5) — prompts, answer clean-up, normalisation.
+"""DnD step 2: candidate concepts (Bai et al., TMLR 2025; ``docs/describers/dnd.md``) — prompts,
+answer clean-up, normalisation.
 
 The conversations follow the structure of the released code, worded in our own words:
 

@@ -1,4 +1,4 @@
-"""DnD step 1: attention cropping (METHODS.md §1.4).
+"""DnD step 1: attention cropping (Bai et al., TMLR 2025; ``docs/describers/dnd.md``).
 
 A unit's activation map on one of its top images is turned into an 8-bit heatmap, upsampled to
 the crop resolution, thresholded with Otsu's method; the bounding boxes of the foreground

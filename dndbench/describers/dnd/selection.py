@@ -1,4 +1,4 @@
-"""DnD step 3: best concept selection (METHODS.md §1.6).
+"""DnD step 3: best concept selection (Bai et al., TMLR 2025; ``docs/describers/dnd.md``).
 
 Candidate ``c`` has Q synthetic images; all M*Q images of a unit are ranked by the unit's pooled
 activation (descending; ties go to the earlier candidate, then the earlier image), giving each

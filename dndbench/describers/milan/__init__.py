@@ -1,4 +1,5 @@
-"""MILAN (Hernandez et al. 2022), implemented from METHODS.md §4.
+"""MILAN (Hernandez et al., ICLR 2022), implemented from the paper and its released code
+(``docs/describers/milan.md``).
 
 For every unit: the ``k`` = 15 top-activating probe images with masks keeping the unit's top
 1 % activations (:mod:`dndbench.describers.milan.exemplars`); a frozen pyramid encoder turns each masked

@@ -357,14 +357,18 @@ def save(milan: "Milan", out_dir: Path) -> None:
 
 
 def ensure_toy_milan(config: ToyMilanConfig, cache: Cache, progress: bool = False) -> Path:
-    """``milan.pt`` of the toy MILAN, trained into the cache first if missing (with progress
-    bars when ``progress``: the run's ``progress=`` option)."""
+    """``milan.pt`` of the toy MILAN; if missing from the cache, installed there from the
+    package's shipped weights when ``config`` is theirs (:mod:`dndbench.toyworld.weights`), else
+    trained there first (with progress bars when ``progress``: the run's ``progress=`` option)."""
     folder = toy_dir(config, cache)
     if not (folder / "meta.json").exists():
         with cache.lock(folder):
             if not (folder / "meta.json").exists():
-                log.warning("training the toy MILAN (first use) into %s", folder)
-                train_toy(config, folder, cache, progress=progress)
+                from dndbench.toyworld import weights
+
+                if not weights.install("toy_milan", folder.name, folder):  # shipped weights
+                    log.warning("training the toy MILAN (first use) into %s", folder)
+                    train_toy(config, folder, cache, progress=progress)
     return folder / "milan.pt"
 
 

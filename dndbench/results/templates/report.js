@@ -164,9 +164,56 @@
       : "No unit matches the filters (" + data.length + " in all).";
   }
 
+  // the view is kept in the address (#setting=dnd&fail=1&page=2), so a view can be shared
+  var keys = { layer: "layer", setting: "setting", fail: "fail", disagree: "disagree", text: "q",
+               sort: "sort", desc: "desc", size: "size" };
+  function readHash() {
+    var pairs = window.location.hash.replace(/^#/, "").split("&");
+    pairs.forEach(function (pair) {
+      var at = pair.indexOf("=");
+      if (at < 0) { return; }
+      var key = decodeURIComponent(pair.slice(0, at)), value = decodeURIComponent(pair.slice(at + 1));
+      if (key === "page") { page = Math.max(0, (parseInt(value, 10) || 1) - 1); return; }
+      Object.keys(keys).forEach(function (name) {
+        if (keys[name] !== key) { return; }
+        var el = controls[name];
+        if (el.type === "checkbox") { el.checked = value === "1"; }
+        else if (el.tagName === "SELECT") {
+          if (Array.prototype.some.call(el.options, function (o) { return o.value === value; })) { el.value = value; }
+        } else { el.value = value; }
+      });
+    });
+  }
+  function defaultValue(el) {
+    if (el.tagName !== "SELECT") { return ""; }
+    for (var i = 0; i < el.options.length; i += 1) {
+      if (el.options[i].defaultSelected) { return el.options[i].value; }
+    }
+    return el.options.length ? el.options[0].value : "";
+  }
+  function writeHash() {
+    var parts = [];
+    Object.keys(keys).forEach(function (name) {
+      var el = controls[name];
+      var value = el.type === "checkbox" ? (el.checked ? "1" : "") : el.value;
+      if (value !== defaultValue(el)) { parts.push(keys[name] + "=" + encodeURIComponent(value)); }
+    });
+    if (page > 0) { parts.push("page=" + (page + 1)); }
+    var target = window.location.href.split("#")[0] + (parts.length ? "#" + parts.join("&") : "");
+    try {
+      window.history.replaceState(null, "", target);
+    } catch (e) {
+      // some browsers refuse to rewrite file:// addresses; the view still works without it
+    }
+  }
+
   Object.keys(controls).forEach(function (name) {
     var el = controls[name];
-    el.addEventListener(el.type === "search" ? "input" : "change", function () { page = 0; render(); });
+    el.addEventListener(el.type === "search" ? "input" : "change", function () {
+      page = 0; render(); writeHash();
+    });
   });
+  pagers.forEach(function (nav) { nav.addEventListener("click", writeHash); });
+  readHash();
   render();
 })();

@@ -1,0 +1,300 @@
+"""The trained toy-world weights shipped inside the package (safetensors), so every machine
+starts from the same numbers.
+
+Training on a CPU is deterministic for one machine, but its floating-point results depend on
+the thread count and the CPU's instruction set, so two machines that train the toy world get
+(slightly) different weights and different leaderboards.  The package therefore ships the
+weights of the *default* training configs:
+
+* ``toynet.safetensors``: ToyNet, seed 0 (``model=toynet``);
+* ``toy_backends.safetensors``: the toy captioner + toy CLIP network (``captioner=toy``,
+  ``vlm=toy``);
+* ``toy_milan.safetensors``: the toy MILAN (``describer=milan``; its frozen exemplar encoder,
+  ToyNet seed 1, is inside the file, so ToyNet seed 1 need not be shipped).
+
+``manifest.json`` lists, per file: the training-config fingerprint (the cache key the loader
+computes for the requested config), the file's sha256, the machine it was trained on and the
+training's ``meta.json`` (config and accuracy report).
+
+On first use a model asks :func:`install` for its fingerprint: when the shipped fingerprint
+matches, the tensors are written into the cache folder in the loader's own format
+(``weights.pt`` / ``milan.pt`` + ``meta.json``) and nothing is trained; any other config (a
+different seed, a tiny test config, changed code that bumped a version string) trains as
+before.  ``DNDBENCH_SHIPPED_WEIGHTS=0`` turns the shipped weights off (to retrain from scratch).
+
+After retraining the world, refresh the shipped files from a cache that holds the new default
+trainings (``python -m dndbench train-toynet``, ``train-toy-backends``, ``train-milan``)::
+
+    python -m dndbench.toyworld.weights --cache ~/.cache/dndbench
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import platform
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from dndbench.cache import atomic_path
+from dndbench.errors import DataError
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent
+MANIFEST = "manifest.json"
+#: environment variable that turns the shipped weights off (``0``, ``false``, ``no``, ``off``)
+ENV = "DNDBENCH_SHIPPED_WEIGHTS"
+#: the shipped kinds and their files
+FILES = {"toynet": "toynet.safetensors", "toy_backends": "toy_backends.safetensors",
+         "toy_milan": "toy_milan.safetensors"}
+#: the parts of a MILAN file's state, flattened into one safetensors file as ``part.name``
+MILAN_PARTS = ("encoder", "decoder", "lm")
+
+
+def enabled() -> bool:
+    """Whether shipped weights may be used (``DNDBENCH_SHIPPED_WEIGHTS`` is not off)."""
+    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+@lru_cache(maxsize=4)
+def _read_manifest(folder: str) -> dict[str, Any]:
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read the shipped weights' manifest {path} ({exc})") from exc
+
+
+def manifest(folder: Path | None = None) -> dict[str, Any]:
+    """``{kind: entry}`` of the shipped files (empty when none are shipped)."""
+    return _read_manifest(str(folder or HERE))
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def shipped(kind: str, fingerprint: str, folder: Path | None = None) -> dict[str, Any] | None:
+    """The manifest entry of ``kind`` when its fingerprint is ``fingerprint`` (and shipped
+    weights are enabled and the file is there), else None."""
+    if not enabled():
+        return None
+    entry = manifest(folder).get(kind)
+    if not entry or entry.get("fingerprint") != fingerprint:
+        return None
+    if not ((folder or HERE) / entry["file"]).is_file():
+        return None
+    return dict(entry)
+
+
+def load_tensors(kind: str, folder: Path | None = None) -> dict[str, Any]:
+    """The shipped tensors of ``kind`` (sha256 checked against the manifest)."""
+    from safetensors.torch import load_file
+
+    folder = folder or HERE
+    entry = manifest(folder)[kind]
+    path = folder / entry["file"]
+    found = sha256(path)
+    if found != entry["sha256"]:
+        raise DataError(f"shipped weights {path} are damaged (sha256 {found[:12]}..., the "
+                        f"manifest says {entry['sha256'][:12]}...); reinstall the package or set "
+                        f"{ENV}=0 to train instead")
+    return load_file(str(path))
+
+
+def install(kind: str, fingerprint: str, out_dir: Path, folder: Path | None = None) -> bool:
+    """Write the shipped weights of ``kind`` into the cache folder ``out_dir`` in the loader's
+    format when their fingerprint is ``fingerprint``; False (nothing written) otherwise.
+    ``meta.json`` is written last and records ``"shipped"``: file, sha256, fingerprint."""
+    import torch
+
+    entry = shipped(kind, fingerprint, folder)
+    if entry is None:
+        return False
+    tensors = load_tensors(kind, folder)
+    meta = dict(entry["meta"])
+    meta["shipped"] = {"file": entry["file"], "sha256": entry["sha256"],
+                       "fingerprint": fingerprint, "trained_on": entry.get("trained_on", {})}
+    out_dir = Path(out_dir)
+    if kind == "toy_milan":
+        payload = dict(entry["payload"])
+        payload["meta"] = meta
+        payload["state"] = {part: {k.split(".", 1)[1]: v for k, v in tensors.items()
+                                   if k.split(".", 1)[0] == part} for part in MILAN_PARTS}
+        with atomic_path(out_dir / "milan.pt") as tmp:
+            torch.save(payload, tmp)
+    else:
+        with atomic_path(out_dir / "weights.pt") as tmp:
+            torch.save(tensors, tmp)
+    with atomic_path(out_dir / "meta.json") as tmp:
+        tmp.write_text(json.dumps(meta, indent=2, default=str))
+    log.info("installed the shipped %s weights (%s) into %s", kind, entry["file"], out_dir)
+    return True
+
+
+# -- exporting (refreshing the shipped files) -------------------------------------------------
+def machine() -> dict[str, Any]:
+    """What the trained numbers depend on besides the code: threads, CPU capability, torch."""
+    import torch
+
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "machine": platform.machine()}
+
+
+def default_fingerprints(cache_root: Path | None = None) -> dict[str, str]:
+    """The cache keys of the default configs (what the default job asks for).  The toy
+    MILAN's key is computed by the ``milan`` describer's package; without importing it (the toy
+    world is a lower layer) it is read from the finished training in ``cache_root`` whose
+    config is the default describer's (None when there is none)."""
+    from dndbench.toyworld.target_model import ToyNetConfig, ToyNetModel
+    from dndbench.toyworld.toy_backends import ToyCaptioner, ToyModelConfig
+    from dndbench.toyworld.train_toy_backends import training_key
+
+    toynet = ToyNetModel(ToyNetConfig(name="toynet")).weights_fingerprint()
+    captioner = ToyCaptioner(ToyModelConfig(name="toy"))
+    out = {"toynet": toynet, "toy_backends": training_key(captioner.train_config())}
+    if cache_root is not None:
+        milan = default_milan_folder(Path(cache_root))
+        if milan is not None:
+            out["toy_milan"] = milan.name
+    return out
+
+
+def default_milan_config() -> dict[str, Any]:
+    """The default ``milan`` describer's toy MILAN config, as a plain dict (via the registry)."""
+    from dataclasses import asdict
+
+    from dndbench.registry import registry_for
+
+    describers = registry_for("describer")
+    milan = describers.create(describers.config("milan"))
+    return asdict(milan.toy_config())
+
+
+def default_milan_folder(cache_root: Path) -> Path | None:
+    """The cache folder of the finished default toy MILAN training, if ``cache_root`` has one."""
+    wanted = json.loads(json.dumps(default_milan_config(), default=str))
+    for meta_path in sorted((cache_root / "milan").glob("*/meta.json")):
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            continue
+        if meta.get("config") == wanted and meta.get("key") == meta_path.parent.name:
+            return meta_path.parent
+    return None
+
+
+def source_dirs(cache_root: Path) -> dict[str, Path]:
+    """Where a cache holds the default trainings, by kind."""
+    keys = default_fingerprints(cache_root)
+    if "toy_milan" not in keys:
+        raise DataError(f"{cache_root} holds no finished default toy MILAN training; train it "
+                        f"first (python -m dndbench train-milan)")
+    return {"toynet": cache_root / "toynet" / keys["toynet"],
+            "toy_backends": cache_root / "toy_backends" / keys["toy_backends"],
+            "toy_milan": cache_root / "milan" / keys["toy_milan"]}
+
+
+def _flat_milan(payload: dict[str, Any]) -> dict[str, Any]:
+    return {f"{part}.{name}": tensor for part in MILAN_PARTS
+            for name, tensor in payload["state"][part].items()}
+
+
+def export(cache_root: Path, out: Path | None = None,
+           trained_on: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the safetensors files and ``manifest.json`` into ``out`` (default: this package
+    folder) from the default trainings in ``cache_root``; return the manifest."""
+    import torch
+    from safetensors.torch import save_file
+
+    out = Path(out or HERE)
+    folders = source_dirs(Path(cache_root))
+    entries: dict[str, Any] = {}
+    for kind, folder in folders.items():
+        meta_path = folder / "meta.json"
+        if not meta_path.is_file():
+            raise DataError(f"{folder} holds no finished {kind} training; train it first "
+                            f"(python -m dndbench train-toynet / train-toy-backends / train-milan)")
+        meta = json.loads(meta_path.read_text())
+        meta.pop("shipped", None)
+        entry: dict[str, Any] = {"file": FILES[kind], "fingerprint": folder.name}
+        if kind == "toy_milan":
+            payload = torch.load(folder / "milan.pt", map_location="cpu", weights_only=False)
+            tensors = _flat_milan(payload)
+            entry["payload"] = {k: payload[k] for k in ("format", "words", "spec", "sizes")}
+        else:
+            tensors = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
+        tensors = {k: v.contiguous() for k, v in tensors.items()}
+        with atomic_path(out / FILES[kind]) as tmp:
+            save_file(tensors, str(tmp))
+        entry["sha256"] = sha256(out / FILES[kind])
+        entry["bytes"] = (out / FILES[kind]).stat().st_size
+        entry["trained_on"] = dict(trained_on or {})
+        entry["accuracy"] = accuracy_summary(kind, meta)
+        entry["meta"] = meta
+        entries[kind] = entry
+    with atomic_path(out / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(entries, indent=1, default=str) + "\n")
+    _read_manifest.cache_clear()
+    return entries
+
+
+def accuracy_summary(kind: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """The headline accuracy figures of a training report (what the retraining test checks)."""
+    report = meta.get("report", {})
+    if kind == "toynet":
+        return {"test_accuracy": report.get("test_accuracy"),
+                "planted_auc_mean": _mean([u.get("auc") for u in report.get("planted_units", [])])}
+    if kind == "toy_backends":
+        return {"slot_accuracy": report.get("slot_accuracy", {}),
+                "caption_exact_match": report.get("caption_exact_match")}
+    held = report.get("held_out", {})
+    return {"held_out_concept_accuracy": held.get("concept_accuracy"),
+            "held_out_bleu1": held.get("bleu1")}
+
+
+def _mean(values: list[Any]) -> float | None:
+    numbers = [float(v) for v in values if v is not None]
+    return sum(numbers) / len(numbers) if numbers else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m dndbench.toyworld.weights --cache DIR``: refresh the shipped weights."""
+    from dndbench.cache import default_cache_dir
+
+    parser = argparse.ArgumentParser(
+        prog="python -m dndbench.toyworld.weights",
+        description="Write the shipped toy-world weights (safetensors + manifest.json) from the "
+                    "default trainings of a cache.")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="cache holding the trainings (default: $DNDBENCH_CACHE)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: the "
+                        "package's dndbench/toyworld/weights/)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="thread count the trainings ran with (recorded; default: this "
+                             "process's torch.get_num_threads())")
+    args = parser.parse_args(argv)
+    trained_on = machine()
+    if args.threads is not None:
+        trained_on["threads"] = args.threads
+    entries = export(args.cache or default_cache_dir(), args.out, trained_on)
+    for kind, entry in entries.items():
+        print(f"{kind:13} {entry['file']:26} {entry['bytes'] / 1e6:5.2f} MB  "
+              f"{entry['fingerprint']}  {json.dumps(entry['accuracy'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
