@@ -7,8 +7,11 @@ process's peak resident set size (``ru_maxrss``) next to its size just before Dn
 probe activations and backends loaded), for the default chunking and for ``units_per_batch=0``
 (every unit in one chunk).
 
-Model: ``wide_random`` of ``benchmarks/dnd_calls.py`` — ToyNet's architecture with 1024 units in
-``layer4``, seeded random weights, 64 px input — because ToyNet's widest layer has only 128 units.
+Model: ``wide_1x1`` (defined here) — a small random-weight CNN on the toy world's 64 px images
+whose ``layer4`` is a 1x1 convolution to 1024 channels (16x16 maps), because ToyNet's widest layer
+has only 128 units; its forward pass is cheap, so the run time is DnD's own.  (``--model
+wide_random``, ToyNet's architecture widened to 1024 units in ``benchmarks/dnd_calls.py``, gives
+the same picture about ten times slower.)
 Probe: the toy world (``--probe-size`` images); backends: the toy captioner, the keyword
 summariser, the toy renderer and the toy CLIP, on the CPU.  Each configuration runs in its own
 process on a fresh copy of a warmed-up cache (probe activations and backend weights, none of
@@ -33,6 +36,45 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import dnd_calls  # noqa: E402  (benchmarks/ is not a package)
+
+#: units of ``layer4`` of ``wide_1x1``
+WIDE_UNITS = 1024
+
+
+def register_wide_1x1() -> None:
+    """Register ``wide_1x1``: conv 3->16 (stride 2), conv 16->64 (stride 2), ``layer4`` = 1x1
+    conv 64->1024, global pooling, fc to the toy shapes; seeded random weights, 64 px input."""
+    from dndbench.models.base import MODELS
+    from dndbench.toyworld.target_model import ToyNetModel
+
+    if "wide_1x1" in MODELS.names():
+        return
+
+    @MODELS.register("wide_1x1")
+    class Wide1x1(ToyNetModel):
+        """A random-weight CNN with a 1024-unit ``layer4`` (1x1 convolution) on 64 px images."""
+
+        def build(self, pretrained: bool) -> Any:
+            from collections import OrderedDict
+
+            import torch
+            from torch import nn
+
+            from dndbench.toyworld.world import SHAPES
+
+            torch.manual_seed(0)
+            return nn.Sequential(OrderedDict({
+                "conv1": nn.Conv2d(3, 16, 3, stride=2, padding=1), "relu1": nn.ReLU(),
+                "conv2": nn.Conv2d(16, 64, 3, stride=2, padding=1), "relu2": nn.ReLU(),
+                "layer4": nn.Conv2d(64, WIDE_UNITS, 1), "relu4": nn.ReLU(),
+                "pool": nn.AdaptiveAvgPool2d(1), "flatten": nn.Flatten(),
+                "fc": nn.Linear(WIDE_UNITS, len(SHAPES))}))
+
+        def weights_fingerprint(self) -> str:
+            return f"wide_1x1/{WIDE_UNITS}/seed0"
+
+        def planted_concepts(self, layer: str) -> dict[int, str]:
+            return {}
 
 
 def rss_mb() -> float:
@@ -68,6 +110,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     """One cold DnD run in this process; its memory figures."""
     from dndbench.describers.base import DESCRIBERS
 
+    register_wide_1x1()
     folder = dnd_calls.fresh_cache(args, Path(args.root), f"n{args.units}-b{args.per_batch_one}")
     ctx = dnd_calls.make_context(args, folder, list(range(args.units)), "keyword")
     ctx.activations.pooled(ctx.layer)  # from the copied cache
@@ -90,10 +133,14 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    model = {"wide_1x1": f"`wide_1x1` (a random-weight CNN whose `layer4` is a 1x1 convolution "
+                         f"to {WIDE_UNITS} channels, 16x16 maps, 64 px input; ToyNet's own widest "
+                         f"layer has 128 units)",
+             "wide_random": f"`wide_random` (ToyNet's architecture with {dnd_calls.WIDE_UNITS} "
+                            f"units in `layer4`, random weights, 64 px input)"}.get(args.model,
+                                                                                   args.model)
     lines = ["# DnD peak memory against the number of units", "",
-             f"Model `wide_random` (ToyNet's architecture, {dnd_calls.WIDE_UNITS} units in "
-             f"`layer4`, random weights, 64 px input; ToyNet's own widest layer has 128 units), "
-             f"layer `{args.layer}`, units `first:N`; toy-world probe of {args.probe_size} "
+             f"Model {model}, layer `{args.layer}`, units `first:N`; toy-world probe of {args.probe_size} "
              f"images; backends captioner=toy llm=keyword text2image=toy vlm=toy on the CPU; DnD "
              f"defaults otherwise (K=10, crops on, N=5, Q=10). Each row is a cold run in its own "
              f"process. *before DnD*: resident size once the model, the probe's activations and "
@@ -116,7 +163,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--per-batch", type=int, nargs="+", default=[32, 0],
                         help="units_per_batch values to compare (0 = all units in one chunk)")
-    parser.add_argument("--model", default="wide_random", choices=["toynet", "wide_random"])
+    parser.add_argument("--model", default="wide_1x1",
+                        choices=["wide_1x1", "wide_random", "toynet"])
     parser.add_argument("--layer", default="layer4")
     parser.add_argument("--probe-size", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -142,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                    str(args.probe_size), "--batch-size", str(args.batch_size), "--captioner",
                    args.captioner, "--text2image", args.text2image, "--vlm", args.vlm]
     rows = []
+    register_wide_1x1()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         dnd_calls.seed_backend_weights(root / "base")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import threading
@@ -85,6 +86,62 @@ def atomic_path(path: Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+log = logging.getLogger("dndbench")
+#: suffix of the checksum file next to each stage entry
+CHECKSUM_SUFFIX = ".sha256"
+_BAD = object()
+_WARNED: set[str] = set()
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checksum_path(path: Path) -> Path:
+    """Where the checksum of the entry ``path`` is stored: ``<entry>.sha256``."""
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def write_checksum(data: Path, entry: Path) -> None:
+    """Store the sha256 of ``data`` (the entry's temporary file) as ``entry``'s checksum,
+    atomically; call it before ``data`` is renamed onto ``entry``."""
+    digest = file_sha256(data)
+    with atomic_path(checksum_path(entry)) as tmp:
+        tmp.write_text(digest + "\n")
+
+
+def entry_problem(path: Path) -> str | None:
+    """What is wrong with a stage entry, or None: a file whose sha256 differs from its
+    checksum is corrupt; an entry without a checksum (written before checksums) passes."""
+    sidecar = checksum_path(path)
+    if not sidecar.exists():
+        return None
+    try:
+        expected = sidecar.read_text().strip()
+        actual = file_sha256(path)
+    except OSError as exc:
+        return f"cannot be read ({exc})"
+    return None if actual == expected else "does not match its checksum (corrupt or truncated)"
+
+
+def warn_corrupt(where: Path | str, problem: str) -> None:
+    """Warn once per entry and process that an entry is corrupt and will be recomputed."""
+    if str(where) not in _WARNED:
+        _WARNED.add(str(where))
+        log.warning("cache entry %s %s; recomputing it", where, problem)
+
+
+def discard_entry(path: Path) -> None:
+    """Remove a stage entry and its checksum."""
+    for p in (path, checksum_path(path)):
+        p.unlink(missing_ok=True)
+
+
 class Cache:
     """A folder of content-addressed entries; also counts hits and misses for run records."""
 
@@ -110,17 +167,35 @@ class Cache:
         """Load the entry if present, otherwise compute, save atomically and return it."""
         path = self.path(namespace, key, suffix)
         if path.exists():
-            self.hits[namespace] = self.hits.get(namespace, 0) + 1
-            return load(path)
+            found = self._load_checked(path, load)
+            if found is not _BAD:
+                self.hits[namespace] = self.hits.get(namespace, 0) + 1
+                return found
         with self.lock(path):
             if path.exists():  # another process finished it while we waited
-                self.hits[namespace] = self.hits.get(namespace, 0) + 1
-                return load(path)
+                found = self._load_checked(path, load)
+                if found is not _BAD:
+                    self.hits[namespace] = self.hits.get(namespace, 0) + 1
+                    return found
+                discard_entry(path)
             value = compute()
             with atomic_path(path) as tmp:
                 save(value, tmp)
+                write_checksum(tmp, path)
             self.misses[namespace] = self.misses.get(namespace, 0) + 1
             return value
+
+    def _load_checked(self, path: Path, load: Callable[[Path], T]) -> Any:
+        """``load(path)`` if the entry matches its checksum and loads, else ``_BAD`` (after one
+        warning per entry and process): the caller recomputes it."""
+        problem = entry_problem(path)
+        if problem is None:
+            try:
+                return load(path)
+            except Exception as exc:  # a truncated file that still matches no checksum
+                problem = f"cannot be read ({type(exc).__name__}: {exc})"
+        warn_corrupt(path, problem)
+        return _BAD
 
     def array(self, namespace: str, key: str, compute: Callable[[], Any]) -> Any:
         """A numpy array entry (``.npy``)."""

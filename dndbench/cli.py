@@ -28,6 +28,7 @@ log = logging.getLogger("dndbench")
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "list": ("dndbench.cli", "list_components"),
+    "options": ("dndbench.options", "main"),
     "leaderboard": ("dndbench.results.leaderboard", "main"),
     "train-toynet": ("dndbench.toyworld.train_toynet", "main"),
     "train-toy-backends": ("dndbench.toyworld.train_toy_backends", "main"),
@@ -36,6 +37,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "check-plugin": ("dndbench.testing.check_plugin", "main"),
     "check-metrics": ("dndbench.metrics.sanity", "main"),
     "cost": ("dndbench.results.cost", "main"),
+    "toyworld-report": ("dndbench.toyworld.report", "main"),
+    "backend-ladder": ("dndbench.ladder", "main"),
+    "cache": ("dndbench.cache_cli", "main"),
 }
 #: the primary config of ``hydra.main`` below (package ``dndbench.conf``)
 CONFIG_MODULE, CONFIG_NAME = "dndbench.conf", "config"
@@ -350,6 +354,7 @@ def run_from_hydra(cfg: Any) -> None:
     started = time.time()
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    mark_incomplete(run_dir)  # until every file is written (crash safety)
     overrides = list(hydra_cfg.overrides.task)
     spec = to_run_spec(cfg, overrides)
     for line in spec.warnings:
@@ -378,7 +383,26 @@ def run_from_hydra(cfg: Any) -> None:
     configs = {run_setting_label(spec, c): c for c in spec.describers}
     write_run_report(run_dir, descriptions, scores, table, result.contexts, configs,
                      images=result.probe_used)
+    mark_complete(run_dir)
     print(f"results: {run_dir}")
+
+
+#: files that say whether a run directory holds every result (see :func:`mark_complete`)
+INCOMPLETE_MARKER, COMPLETE_MARKER = "INCOMPLETE", "COMPLETE"
+
+
+def mark_incomplete(run_dir: Path) -> None:
+    """Mark a run directory as being written: a run killed before :func:`mark_complete` keeps
+    the ``INCOMPLETE`` marker, and ``leaderboard`` skips it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / COMPLETE_MARKER).unlink(missing_ok=True)
+    (run_dir / INCOMPLETE_MARKER).write_text("this run was interrupted or is still running\n")
+
+
+def mark_complete(run_dir: Path) -> None:
+    """Mark a run directory complete; called after its last file is written."""
+    (run_dir / COMPLETE_MARKER).write_text("every result file of this run is written\n")
+    (run_dir / INCOMPLETE_MARKER).unlink(missing_ok=True)
 
 
 def list_components(argv: list[str]) -> int:

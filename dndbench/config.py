@@ -35,9 +35,11 @@ from dndbench.results.reference import ReferenceFigures
 #: the special component name that expands to a whole suite (all default describers / metrics)
 ALL = "all"
 
-#: the probe and backends of each track, for the slots a run does not choose
+#: the probe and backends of each track, for the slots a run does not choose; the toy track's
+#: summariser is ``proposer`` (seeded sampling: N distinct candidates per unit, so DnD's step 3
+#: has a choice); ``llm=keyword`` is its deterministic baseline
 TRACK_DEFAULTS: dict[str, dict[str, str]] = {
-    "toy": {"probe": "toyworld", "captioner": "toy", "llm": "keyword", "text2image": "toy",
+    "toy": {"probe": "toyworld", "captioner": "toy", "llm": "proposer", "text2image": "toy",
             "vlm": "toy"},
     # the paper's setup: ImageNet-val ∪ Broden, BLIP, GPT-4 (the released code's model; the
     # paper names GPT-3.5-Turbo), SD v1-4 (the released code's), CLIP ViT-B/16

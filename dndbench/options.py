@@ -92,7 +92,7 @@ def _until_clause_end(text: str) -> str:
 
 def _docstring_notes(cls: type) -> dict[str, str]:
     """Field name -> what the class docstring says about it: ````name``: text`` (up to ``;`` or
-    the sentence's end), or ````name`` (text)``."""
+    the sentence's end), ````name`` (text)``, or the clause ````name`` begins."""
     doc = " ".join((inspect.getdoc(cls) or "").split())
     out: dict[str, str] = {}
     for match in _MENTION.finditer(doc):
@@ -103,8 +103,10 @@ def _docstring_notes(cls: type) -> dict[str, str]:
             paren, rest = inside, rest[len(inside) + 2:].lstrip()
         if rest.startswith(":"):
             note = _until_clause_end(rest[1:])
-        else:
+        elif paren:
             note = paren
+        else:  # "``label_as`` names the setting ...": the clause it begins
+            note = _until_clause_end(rest)
         if note:
             out.setdefault(match.group(1), note)
     return out

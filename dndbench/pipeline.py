@@ -126,6 +126,8 @@ class DescriberRun:
     cost: dict[str, float] = field(default_factory=dict)
     #: deltas of the named run counters (``ctx.count``) while this describer ran
     counters: dict[str, int] = field(default_factory=dict)
+    #: why each missing unit is missing (a failed backend call's message, or "no description")
+    missing_reasons: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -257,17 +259,24 @@ def _describe_layer(spec: RunSpec, ctx: Context, neurons: NeuronSet,
         counters_before = dict(ctx.counters)
         shared: dict[str, Any] = {}  # what the shared probe pass cost, if it ran here
         before, t = costs.snapshot(ctx), time.perf_counter()
-        frame, from_cache = describe_cached(describer, ctx, probe_pass.before(describer, ctx, shared))
+        failures: dict[int, str] = {}  # units whose backend calls failed, with the reason
+        frame, from_cache = describe_cached(describer, ctx, probe_pass.before(describer, ctx, shared),
+                                            failures=failures)
         seconds = time.perf_counter() - t - shared.get("seconds", 0.0)
         cost = costs.subtract(costs.difference(costs.snapshot(ctx), before), shared.get("cost", {}))
         counters = {k: v - counters_before.get(k, 0) for k, v in ctx.counters.items()
                     if v != counters_before.get(k, 0)}
         missing = sorted(set(neurons.units) - set(frame["unit"].tolist()))
         if len(missing) == len(neurons.units):
+            why = (f"; a backend call failed: {next(iter(failures.values()))}" if failures
+                   else "")
             raise DataError(f"{setting} described none of the {len(neurons.units)} requested "
                             f"units of {neurons.model}.{neurons.layer} (first: "
-                            f"{', '.join(map(str, missing[:5]))}); check the describer's "
+                            f"{', '.join(map(str, missing[:5]))}){why}; check the describer's "
                             f"inputs or choose units it covers with neurons.units=...")
+        if failures:
+            log.warning("%s: %d units are missing because a backend call failed (first: unit "
+                        "%d: %s)", setting, len(failures), min(failures), failures[min(failures)])
         if missing:
             log.warning("%s: %d of %d units have no description (first: %s)", setting,
                         len(missing), len(neurons.units), missing[:10])
@@ -281,7 +290,9 @@ def _describe_layer(spec: RunSpec, ctx: Context, neurons: NeuronSet,
         result.runs.append(DescriberRun(setting, config.name, frame, scores_frame, missing,
                                         seconds, from_cache, layer=neurons.layer,
                                         role=describer.role, units=len(neurons.units),
-                                        cost=cost, counters=counters))
+                                        cost=cost, counters=counters,
+                                        missing_reasons={u: failures.get(u, "no description")
+                                                         for u in missing}))
 
 
 def quiet_library_bars() -> None:

@@ -136,7 +136,7 @@ CASES = [
     bad("published-columns", "describer=published describer.path={tmp}/bad.csv",
         r"needs column.*format", files={"bad.csv": WRONG_COLUMNS}),
     bad("describes-none", "describer=published describer.path={tmp}/other.csv",
-        r"described none of the 2 requested units", files={"other.csv": OTHER_UNITS}, subprocess=True),
+        r"described none of the \d+ requested units", files={"other.csv": OTHER_UNITS}, subprocess=True),
     bad("shuffled-missing-source", "describer=shuffled describer.source=file:{tmp}/nope.csv",
         r"nope\.csv"),
     bad("plugin-broken", "plugins_dir={tmp}/plugins", r"failed to import.*broken",

@@ -68,7 +68,7 @@ def test_real_defaults_are_the_papers() -> None:
 def test_default_job_is_still_the_toy_world() -> None:
     spec = compose_spec([])
     assert spec.track == "toy" and spec.warnings == [] and spec.missing_data == []
-    assert chosen(spec)["probe"] == "toyworld" and chosen(spec)["llm"] == "keyword"
+    assert chosen(spec)["probe"] == "toyworld" and chosen(spec)["llm"] == "proposer"
     check_data(spec)  # nothing to find: the toy world is generated
 
 

@@ -186,3 +186,31 @@ def test_dnd_stores_what_the_report_shows() -> None:
     assert json.loads(extras["caption_list"]) == ["a", "b | c"]
     assert json.loads(extras["top_images"]) == {"size": 375,
                                                 "images": [[5, None], [7, [1, 2, 30, 40]]]}
+
+
+SMALL = ["model.train_images=64", "model.epochs=1", "probe.size=16", "neurons.units=[0,1,2]",
+         "metric=final_layer_similarity", "metric.embedder=kit_words", "progress=false"]
+
+
+@pytest.mark.slow
+def test_every_cli_run_writes_a_report_cached_and_published_too(tmp_path: Path) -> None:
+    """A run that computes, the same run again from the cache, and a ``published`` run."""
+    from dndbench.cli import main
+
+    for name in ("first", "cached"):
+        code = main(["describer=caption_word", "captioner.train_images=64", "captioner.epochs=1",
+                     *SMALL, f"hydra.run.dir={tmp_path / name}"])
+        assert code == 0
+        page = (tmp_path / name / "report.html").read_text()
+        assert len(cards(page)) == 3 and "report_files/fc/u0_top.jpg" in page
+    record = json.loads((tmp_path / "cached" / "run.json").read_text())
+    assert all(d["from_cache"] for d in record["describers"].values())
+    released = tmp_path / "released.csv"
+    released.write_text("Neuron ID,Label 1,Label 2,Label 3\n0,circle,ring,disc\n1,square,,\n"
+                        f"2,\"{EVIL}\",,\n")
+    code = main(["describer=published", f"describer.path={released}", "describer.format=dnd",
+                 *SMALL, f"hydra.run.dir={tmp_path / 'published'}"])
+    assert code == 0
+    page = (tmp_path / "published" / "report.html").read_text()
+    assert len(cards(page)) == 3 and "No probe images" in page and EVIL not in page
+    assert "ring" in page and "<img" not in "".join(cards(page))

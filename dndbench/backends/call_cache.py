@@ -17,7 +17,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
-from dndbench.cache import Cache, file_mode
+from dndbench.cache import Cache, file_mode, warn_corrupt
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, kind TEXT NOT NULL, value BLOB NOT NULL)"
 _CHUNK = 500  # keys per SQL statement (below SQLite's variable limit)
@@ -26,13 +26,39 @@ T = TypeVar("T")
 
 def _create_table(con: sqlite3.Connection) -> None:
     con.execute(_SCHEMA)
+    columns = {row[1] for row in con.execute("PRAGMA table_info(calls)")}
+    if "sha" not in columns:  # databases from before checksums: their rows stay unchecked
+        con.execute("ALTER TABLE calls ADD COLUMN sha TEXT")
     con.commit()
+
+
+def value_sha(kind: str, blob: bytes) -> str:
+    """The checksum stored with a row: sha256 of its kind and value."""
+    return hashlib.sha256(kind.encode() + b"\0" + bytes(blob)).hexdigest()
+
+
+def row_problem(kind: str, blob: bytes, sha: str | None) -> str | None:
+    """What is wrong with a stored row, or None (a row without a checksum passes)."""
+    return _checked(kind, blob, sha)[1]
 
 
 def call_key(backend: str, model: str, params: Any, data: Any) -> str:
     """Stable hex key of one model call (the same across processes and runs)."""
     text = json.dumps([backend, model, params, data], sort_keys=True, default=repr)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+#: how long a first connection retries the switch to WAL; after that the database stays in
+#: rollback mode (a file system without WAL support), still safe, with the busy timeout
+WAL_WAIT_S = 10.0
+
+
+def _switch_to_wal(con: sqlite3.Connection) -> None:
+    """``PRAGMA journal_mode = WAL``; SQLite answers the old mode instead of raising when a
+    writer holds the database, which counts as locked here (so :func:`_retry` waits)."""
+    mode = con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        raise sqlite3.OperationalError(f"database is locked (journal mode stays {mode})")
 
 
 def _retry(statement: Callable[[], T], timeout_s: float) -> T:
@@ -70,6 +96,16 @@ def _decode(kind: str, blob: bytes) -> Any:
 
         return np.load(io.BytesIO(blob), allow_pickle=False)
     return json.loads(blob.decode())
+
+
+def _checked(kind: str, blob: bytes, sha: str | None) -> tuple[Any, str | None]:
+    """The decoded value and None, or None and what is wrong with the row."""
+    if sha is not None and value_sha(kind, blob) != sha:
+        return None, "does not match its checksum (corrupt)"
+    try:
+        return _decode(kind, blob), None
+    except Exception as exc:
+        return None, f"cannot be decoded ({type(exc).__name__})"
 
 
 class CallCache:
@@ -117,8 +153,10 @@ class CallCache:
                 mode = _retry(lambda: con.execute("PRAGMA journal_mode").fetchone()[0],
                               self.timeout_s)
                 if str(mode).lower() != "wal":
-                    _retry(lambda: con.execute("PRAGMA journal_mode = WAL").fetchone(),
-                           self.timeout_s)
+                    try:
+                        _retry(lambda: _switch_to_wal(con), min(self.timeout_s, WAL_WAIT_S))
+                    except sqlite3.OperationalError:
+                        pass  # rollback mode: slower under contention, still correct
                 _retry(lambda: _create_table(con), self.timeout_s)
             if new:
                 os.chmod(self.path, file_mode())
@@ -133,19 +171,31 @@ class CallCache:
                 for start in range(0, len(wanted), _CHUNK):
                     chunk = wanted[start:start + _CHUNK]
                     marks = ",".join("?" * len(chunk))
-                    rows = con.execute(f"SELECT key, kind, value FROM calls WHERE key IN ({marks})", chunk)
-                    found.update({key: _decode(kind, blob) for key, kind, blob in rows})
+                    rows = con.execute("SELECT key, kind, value, sha FROM calls "
+                                       f"WHERE key IN ({marks})", chunk)
+                    bad = []
+                    for key, kind, blob, sha in rows:
+                        value, problem = _checked(kind, blob, sha)
+                        if problem is None:
+                            found[key] = value
+                        else:
+                            warn_corrupt(f"{self.path}[{key[:16]}]", problem)
+                            bad.append(key)
+                    if bad:  # recomputed by the caller and stored again
+                        with con:
+                            con.executemany("DELETE FROM calls WHERE key = ?", [(k,) for k in bad])
         self.hits += len(found)
         self.misses += len(wanted) - len(found)
         return found
 
     def put_many(self, items: Mapping[str, Any]) -> None:
         """Store values in one transaction; keys already present keep their value."""
-        rows = [(key, *_encode(value)) for key, value in items.items()]
+        rows = [(key, kind, blob, value_sha(kind, blob))
+                for key, (kind, blob) in ((k, _encode(v)) for k, v in items.items())]
         if not rows:
             return
         with closing(self._connect()) as con, con:
-            con.executemany("INSERT OR IGNORE INTO calls (key, kind, value) VALUES (?, ?, ?)", rows)
+            con.executemany("INSERT OR IGNORE INTO calls (key, kind, value, sha) VALUES (?, ?, ?, ?)", rows)
 
     def get(self, key: str, default: Any = None) -> Any:
         """One value, or ``default`` when absent."""

@@ -96,6 +96,7 @@ def load_scores(paths: Iterable[Path]) -> "pd.DataFrame":
     import pandas as pd
 
     tables = list(dict.fromkeys(p.resolve() for p in find_score_tables(paths)))
+    tables = [p for p in tables if _complete(p.parent)]
     if not tables:
         raise DataError("no scores.csv found under the given paths; pass run directories "
                         "written by `python -m dndbench`")
@@ -106,6 +107,19 @@ def load_scores(paths: Iterable[Path]) -> "pd.DataFrame":
     scores = pd.concat(frames, ignore_index=True)
     check_one_run_per_label(scores)
     return scores
+
+
+def _complete(run_dir: Path) -> bool:
+    """False (with a warning) for a run directory whose job was killed while writing it (it
+    still has the ``INCOMPLETE`` marker, see :func:`dndbench.cli.mark_incomplete`)."""
+    if (run_dir / "INCOMPLETE").exists():
+        import logging
+
+        logging.getLogger("dndbench").warning(
+            "skipping %s: the run did not finish writing its results (INCOMPLETE marker); "
+            "rerun it", run_dir)
+        return False
+    return True
 
 
 def check_one_run_per_label(scores: "pd.DataFrame") -> None:

@@ -277,7 +277,10 @@ def write_run(run_dir: Path, result: "JobResult", config: dict[str, Any], overri
         "describers": {(f"{run.layer}/{run.setting}" if several else run.setting): {
             "name": run.describer, "layer": run.layer, "role": run.role,
             "seconds": round(run.seconds, 3), "from_cache": run.from_cache,
-            "missing_units": run.missing_units, "counters": run.counters}
+            "missing_units": run.missing_units,
+            "missing_reasons": {str(u): r for u, r in
+                                getattr(run, "missing_reasons", {}).items()},
+            "counters": run.counters}
             for run in result.runs},
     }
     write_text(run_dir / "run.json", json.dumps(record, indent=2, default=str))

@@ -19,7 +19,8 @@
 Captioner and CLIP share one network (:mod:`dndbench.toyworld.backend_network`), installed on
 first use into ``<cache>/toy_backends/<key>/`` from the weights shipped in the package when
 ``key`` is the default config's (:mod:`dndbench.toyworld.weights`), else trained there (about
-half a minute on CPU; or ahead of time with ``python -m dndbench.toyworld.train_toy_backends``).  This module imports no torch at import time.
+half a minute on CPU; or ahead of time with ``python -m dndbench.toyworld.train_toy_backends``).
+This module imports no torch at import time.
 """
 from __future__ import annotations
 

@@ -78,12 +78,12 @@ def corrupt_slots(preds: dict[str, "np.ndarray"], images: list["Image.Image"], f
 class ToyWeakCaptioner(ToyCaptioner):
     """The toy captioner with a seeded fraction of caption slots corrupted (a weak backend)."""
 
-    Config = ToyWeakConfig  # type: ignore[assignment]
-    config: ToyWeakConfig  # type: ignore[assignment]
+    Config = ToyWeakConfig
+    config: ToyWeakConfig
 
     def __init__(self, config: ToyWeakConfig, **services: Any) -> None:
         _check(config, "captioner")
-        super().__init__(config, **services)  # type: ignore[arg-type]
+        super().__init__(config, **services)
 
     def _caption_batch(self, images: list["Image.Image"]) -> list[str]:
         import torch
@@ -103,12 +103,12 @@ class ToyWeakCaptioner(ToyCaptioner):
 class ToyWeakCLIP(ToyCLIP):
     """The toy CLIP with a seeded fraction of images encoded as a random other toy scene."""
 
-    Config = ToyWeakConfig  # type: ignore[assignment]
-    config: ToyWeakConfig  # type: ignore[assignment]
+    Config = ToyWeakConfig
+    config: ToyWeakConfig
 
     def __init__(self, config: ToyWeakConfig, **services: Any) -> None:
         _check(config, "vlm")
-        super().__init__(config, **services)  # type: ignore[arg-type]
+        super().__init__(config, **services)
 
     def corrupted(self, images: list["Image.Image"]) -> list[str | None]:
         """Per image: the caption of the random scene it is encoded as, or None (kept)."""

@@ -46,8 +46,9 @@ class DnDDescriber(Describer[DnDConfig]):
     Config = DnDConfig
     uses_backends = ("captioner", "llm", "text2image", "vlm")
     in_default_suite = True
-    #: 2: extras hold the report's JSON (candidate scores, captions, top images and crops)
-    version = "2"
+    #: 2: extras hold the report's JSON (candidate scores, captions, top images and crops);
+    #: 3: a unit without a usable LLM candidate is missing (no fallback to the captions)
+    version = "3"
 
     def __init__(self, config: DnDConfig) -> None:
         super().__init__(config)
@@ -62,6 +63,17 @@ class DnDDescriber(Describer[DnDConfig]):
         for start in range(0, len(units), step):
             out += describe_units(ctx, self.config, units[start:start + step])
         return out
+
+    def chunk_units(self) -> int:
+        """Units per cached chunk (:mod:`dndbench.describers.describe_cache`): one batch."""
+        return int(self.config.units_per_batch)
+
+    def describe_units(self, ctx: "Context", units: list[int]) -> list[Description]:
+        """All three steps for ``units`` (one chunk); the describe cache calls this chunk by
+        chunk, so a killed run resumes after the chunks it stored."""
+        from dndbench.describers.dnd.batching import describe_units
+
+        return describe_units(ctx, self.config, units)
 
 
 def check_config(c: DnDConfig) -> None:

@@ -254,9 +254,8 @@ def add_candidates(ctx: "Context", cfg: DnDConfig, work: list[UnitWork]) -> None
     for pos, w in enumerate(work):
         w.raw = answers[pos * cfg.n:(pos + 1) * cfg.n]
         w.candidates = cand.normalise_candidates(w.raw)
-        if not w.candidates:  # the LLM gave nothing usable: fall back to the texts
-            ctx.count("dnd/fallback_units")
-            w.candidates = cand.normalise_candidates(w.texts)[:max(1, cfg.n)]
+        if not w.candidates:  # the LLM gave nothing usable: the unit is missing, not guessed
+            ctx.count("dnd/units_without_candidates")
 
 
 # -- step 3: best concept selection --------------------------------------------------------------
