@@ -15,8 +15,17 @@ stage, stage, bare, ...) and each ratio compares the *fastest* run of each mode 
 disturbed by others) — plus the ratio of summed CPU times, which the load inflates less.
 ``--threads 1`` (torch's intra-op threads) removes the thread-oversubscription noise further.
 
+Even so, fresh-process timings on a loaded machine vary by more than the stage's overhead, so
+the default measurement is *paired* (``--paired``, one process per size and package): every
+loader batch is built once (timed as ``data``) and then pushed through both the bare forward and
+the stage's own per-batch step (:meth:`~dndbench.activations.Activations.pooled_batch`, or a
+replica of the earlier code's step for a package without it), in alternating order, so load
+changes hit both alike; the stage's fixed costs (cache key, network and loader set-up, the
+cache write) are timed once and added.  Ratio = (data + stage + fixed) / (data + bare), from
+CPU time (exact with ``--threads 1``, the default for this mode) and from wall time.
+
     python benchmarks/activation_throughput.py [--model toynet --probe toyworld --layer layer4]
-        [--sizes 1000 4000] [--repeats 2] [--before /path/to/old/package/root]
+        [--sizes 1000 4000] [--before /path/to/old/package/root] [--processes --repeats 3]
         [--out benchmarks/results/activation_throughput.md]
 
 Both modes pay for building the probe images (for the toy world they are rendered on the fly),
@@ -71,16 +80,104 @@ def measure(mode: str, model_name: str, probe_name: str, layer: str, size: int,
             "package": str(Path(dndbench.__file__).parent)}
 
 
+def legacy_batch(acts: Any, net: Any, layer: str, batch: Any) -> Any:
+    """The per-batch step of ``Activations.pooled`` before ``pooled_batch`` existed (three
+    statistics moved to numpy one by one, stacked, then cast)."""
+    import numpy as np
+
+    out = acts._layer_output(net, layer, batch)
+    if out.dim() == 4:
+        flat = out.flatten(2)
+        stats = [flat.mean(2), flat.amax(2), flat.amin(2)]
+    else:
+        stats = [out, out, out]
+    return np.stack([s.cpu().numpy() for s in stats]).astype(np.float32)
+
+
+def paired(model_name: str, probe_name: str, layer: str, size: int, batch_size: int,
+           threads: int) -> dict[str, Any]:
+    """Inside a fresh process: bare forward and the stage's per-batch step on the same batches."""
+    import numpy as np
+    import torch
+
+    import dndbench
+    from dndbench.activations import Activations
+    from dndbench.cache import Cache
+    from dndbench.models.base import MODELS
+    from dndbench.probes.base import PROBES
+
+    torch.set_num_threads(threads if threads > 0 else max(1, torch.get_num_threads()))
+    model = MODELS.create(model_name)
+    probe = PROBES.create(probe_name, size=size)
+    clocks = {"cpu": time.process_time, "wall": time.perf_counter}
+    spent = {(part, c): 0.0 for part in ("data", "bare", "stage", "fixed") for c in clocks}
+
+    def timed(part: str, call: Any) -> Any:
+        start = {c: f() for c, f in clocks.items()}
+        out = call()
+        for c, f in clocks.items():
+            spent[(part, c)] += f() - start[c]
+        return out
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model.cache = probe.cache = Cache(Path.home() / ".cache" / "dndbench")  # trained weights
+        model.network(pretrained=True)  # weights and torchvision's import (seconds in a fresh
+        model.transform()  # process, paid by any use of the transform) outside the timings
+        acts = Activations(model, probe, Cache(tmp), batch_size=batch_size, progress=False)
+        key, net, loader = timed("fixed", lambda: (acts.key(layer), acts._network(),
+                                                   acts._loader()))
+        layer = model.resolve_layer(layer)
+        new_step = hasattr(acts, "pooled_batch")
+        chunks: list[Any] = []  # the earlier code's per-batch results, concatenated at the end
+        result = np.zeros(0, np.float32)  # this package's: written in place, as pooled() does
+        row = 0
+
+        def stage(batch: Any) -> None:
+            nonlocal result, row
+            if not new_step:
+                chunks.append(legacy_batch(acts, net, layer, batch))
+                return
+            stats = acts.pooled_batch(net, layer, batch)
+            if row == 0:
+                result = np.empty((3, size, stats.shape[2]), np.float32)
+            result[:, row:row + len(batch)] = stats
+            row += len(batch)
+
+        def bare(batch: Any) -> None:
+            with torch.no_grad():
+                net(batch)
+
+        batches = iter(loader)
+        for i in range(len(loader)):
+            _, batch = timed("data", lambda: next(batches))
+            runs = [("bare", bare), ("stage", stage)]
+            for part, call in (runs if i % 2 == 0 else runs[::-1]):
+                timed(part, lambda call=call, batch=batch: call(batch))
+
+        def finish() -> Any:  # the result array as pooled() builds it, then the cache write
+            final = result if new_step else np.concatenate(chunks, axis=1)
+            return acts.cache.array("activations", key, lambda: final)
+
+        timed("fixed", finish)
+    out: dict[str, Any] = {f"{part}_{c}": v for (part, c), v in spent.items()}
+    out.update(package=str(Path(dndbench.__file__).parent), step="pooled_batch" if new_step
+               else "legacy", threads=torch.get_num_threads())
+    for c in clocks:
+        floor = spent[("data", c)] + spent[("bare", c)]
+        out[f"ratio_{c}"] = (spent[("data", c)] + spent[("stage", c)] + spent[("fixed", c)]) / floor
+    return out
+
+
 def run_child(args: argparse.Namespace, mode: str, size: int) -> dict[str, Any]:
     env = dict(os.environ)
-    child = "stage" if mode == "before" else mode
-    if mode == "before":
+    child = {"before": "stage", "paired-before": "paired"}.get(mode, mode)
+    if mode.endswith("before"):
         env["PYTHONPATH"] = os.pathsep.join([str(args.before), env.get("PYTHONPATH", "")])
     cmd = [sys.executable, __file__, "--child", child, "--model", args.model, "--probe",
            args.probe, "--layer", args.layer, "--batch-size", str(args.batch_size),
-           "--sizes", str(size), "--threads", str(args.threads)]
+           "--sizes", str(size)] + ([] if args.threads is None else ["--threads", str(args.threads)])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env,
-                         cwd=tempfile.gettempdir() if mode == "before" else None)
+                         cwd=tempfile.gettempdir() if mode.endswith("before") else None)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -103,25 +200,69 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000])
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch intra-op threads in every child (0 = torch's default)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads in every child (0 = torch's default; "
+                             "default: 1 for the paired measurement, 0 for --processes)")
+    parser.add_argument("--processes", action="store_true",
+                        help="also time whole passes in fresh processes (bare / stage / before)")
     parser.add_argument("--before", type=Path, default=None,
                         help="root of another copy of the package whose stage is timed too")
     parser.add_argument("--machine", default="a shared 2-core CPU machine")
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--child", choices=["bare", "stage"], default=None)
+    parser.add_argument("--child", choices=["bare", "stage", "paired"], default=None)
     args = parser.parse_args()
+    if args.child == "paired":
+        print(json.dumps(paired(args.model, args.probe, args.layer, args.sizes[0],
+                                args.batch_size, 1 if args.threads is None else args.threads)))
+        return
     if args.child:
         print(json.dumps(measure(args.child, args.model, args.probe, args.layer, args.sizes[0],
-                                 args.batch_size, args.threads)))
+                                 args.batch_size, args.threads or 0)))
         return
-    modes = ["bare", "stage"] + (["before"] if args.before else [])
     # warm-up: make sure trained weights exist before timing anything
     run_child(args, "bare", 64)
+    lines = paired_table(args)
+    if args.processes:
+        lines += [""] + process_table(args)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+
+
+def paired_table(args: argparse.Namespace) -> list[str]:
+    """The paired measurement of every size (and of ``--before``), as Markdown lines."""
+    threads = 1 if args.threads is None else args.threads
+    versions = ["paired"] + (["paired-before"] if args.before else [])
+    label = {"paired": "this package", "paired-before": f"`{args.before}`"}
+    lines = [f"# Activation extraction: {args.model}.{args.layer} on {args.probe}", "",
+             "## Paired per-batch measurement", "",
+             f"Batch size {args.batch_size}, {threads or 'default'} torch thread(s), one fresh "
+             f"process per size and package on {args.machine}; measured "
+             f"{time.strftime('%Y-%m-%d %H:%M')}. Each batch is built once (data) and run through "
+             f"the bare forward and the stage's per-batch step in alternating order; fixed = "
+             f"cache key, network and loader set-up, result array and cache write. Ratio = "
+             f"(data + stage + fixed) / (data + bare).", "",
+             "| images | package | step | data CPU s | bare CPU s | stage CPU s | fixed CPU s | "
+             "stage/bare CPU | stage/bare wall |", "|---:|---|---|---:|---:|---:|---:|---:|---:|"]
+    for size in args.sizes:
+        for version in versions:
+            r = run_child(args, version, size)
+            lines.append(f"| {size} | {label[version]} | {r['step']} | {r['data_cpu']:.2f} | "
+                         f"{r['bare_cpu']:.2f} | {r['stage_cpu']:.2f} | {r['fixed_cpu']:.3f} | "
+                         f"{r['ratio_cpu']:.3f} | {r['ratio_wall']:.3f} |")
+            print(lines[-1], flush=True)
+    return lines
+
+
+def process_table(args: argparse.Namespace) -> list[str]:
+    """Whole passes in fresh processes, interleaved, as Markdown lines."""
+    modes = ["bare", "stage"] + (["before"] if args.before else [])
     stages = [m for m in modes if m != "bare"]
     head = " | ".join(f"{m} s | {m}/bare wall | {m}/bare CPU" for m in stages)
     threads = f"{args.threads} torch thread(s)" if args.threads else "torch's default threads"
-    lines = [f"# Activation extraction: {args.model}.{args.layer} on {args.probe}", "",
+    lines = ["## Whole passes in fresh processes", "",
              f"batch size {args.batch_size}, {threads}; {args.repeats} fresh processes per mode, "
              f"interleaved in alternating order, on {args.machine}; seconds and wall ratios are "
              f"those of each mode's fastest run, CPU ratios those of the summed CPU times; "
@@ -139,11 +280,7 @@ def main() -> None:
         lines.append(f"| {size} | {total['bare']:.2f} | {cells} | {peak['bare']:.0f} | "
                      f"{peak['stage']:.0f} |")
         print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    return lines
 
 
 if __name__ == "__main__":

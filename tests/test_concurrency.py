@@ -32,8 +32,9 @@ METRIC_PLUGIN = textwrap.dedent('''
 ''')
 #: the smallest toy world: both toy models (ToyNet, the toy captioner) train on first use
 SMALL = ["describer=caption_word", "metric=label_length",
-         f"neurons.units=[{','.join(map(str, UNITS))}]", "model.train_images=64", "model.epochs=1", "captioner.train_images=64",
-         "captioner.epochs=1", "probe.size=24", "progress=false"]
+         f"neurons.units=[{','.join(map(str, UNITS))}]", "model.train_images=64",
+         "model.epochs=1", "captioner.train_images=64", "captioner.epochs=1", "probe.size=24",
+         "progress=false"]
 
 
 def _hammer(root: str, worker: int, barrier: Any) -> None:
@@ -113,7 +114,7 @@ def test_eight_jobs_at_once_on_one_empty_cache(tmp_path: Path) -> None:
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for _ in range(JOBS)]
     outputs = [job.communicate(timeout=1200) for job in jobs]
-    for job, (out, err) in zip(jobs, outputs):
+    for job, (_, err) in zip(jobs, outputs):
         assert job.returncode == 0, err[-3000:]
     run_dirs = sorted({line.split("results: ", 1)[1].strip() for out, _ in outputs
                        for line in out.splitlines() if line.startswith("results: ")})

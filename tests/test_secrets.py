@@ -10,7 +10,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from fake_openai import FakeOpenAI
 
 #: a describer that asks the run's LLM about each unit, and a metric that needs no model

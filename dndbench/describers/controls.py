@@ -92,8 +92,8 @@ def _file_digest(path: Path) -> str:
 
 def read_descriptions_file(path: Path, ctx: "Context", setting: str = "") -> "pd.DataFrame":
     """The rows of a dndbench descriptions.csv for ``ctx``'s model and layer (and one setting),
-    with their exact text (:func:`dndbench.results.records.read_descriptions`)."""
-    from dndbench.results.records import read_descriptions
+    with their exact text (:func:`dndbench.spreadsheet.read_descriptions`)."""
+    from dndbench.spreadsheet import read_descriptions
 
     try:
         df = read_descriptions(path)

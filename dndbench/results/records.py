@@ -5,7 +5,7 @@ Layout of a run directory::
     descriptions.csv   one row per (describer setting, layer, unit); ``role`` last; safe to
                        open in a spreadsheet (:func:`spreadsheet_safe`)
     descriptions.parquet  the same table with the exact text (read it with
-                       :func:`read_descriptions`)
+                       :func:`dndbench.spreadsheet.read_descriptions`)
     scores.csv         one row per (describer setting, layer, unit, metric); ``role`` last
     costs.csv          one row per (describer setting, layer): seconds and model calls per unit
     summary.json       {"metrics": {"<metric>": {"mean": ..., "n": ...}}, "describers": {...},
@@ -17,29 +17,34 @@ Layout of a run directory::
 
 Every file is written atomically, so an interrupted run never leaves half a table.
 
-**Spreadsheet safety.**  A text cell of ``descriptions.csv`` (labels are written by models and
-by other authors' files) that starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage
-return, which a spreadsheet would run as a formula, is written with a leading apostrophe
-(``=HYPERLINK(...)`` -> ``'=HYPERLINK(...)``); so the rule can be undone, a text that already
-starts with an apostrophe gets one more.  Cells that are numbers (``-0.5``) are left alone.
-:func:`read_descriptions` undoes the rule (or reads the parquet copy, which keeps the exact
-text).
+**Spreadsheet safety.**  Labels are written by models and by other authors' files, so a text
+cell of ``descriptions.csv`` that a spreadsheet would run as a formula (it starts with ``=``,
+``+``, ``-``, ``@``, a tab or a carriage return) gets a leading apostrophe; the rule is
+reversible and documented in :mod:`dndbench.spreadsheet`, whose
+:func:`~dndbench.spreadsheet.read_descriptions` reads the exact text back (from the parquet
+copy when present).
 """
 from __future__ import annotations
 
 import json
 import math
 import platform
-import re
 import time
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dndbench.cache import atomic_path
-from dndbench.redact import is_secret_name, redact, scrub_secrets
 from dndbench.costs import COLUMNS as COST_COLUMNS
 from dndbench.costs import cost_row
+from dndbench.redact import is_secret_name, redact, scrub_secrets
+from dndbench.spreadsheet import (  # noqa: F401 (re-exported: the rule belongs to these files)
+    neutralise_cell,
+    read_descriptions,
+    restore_cell,
+    spreadsheet_safe,
+    text_columns,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -48,53 +53,6 @@ if TYPE_CHECKING:
 
 VERSIONED = ("dndbench", "torch", "torchvision", "numpy", "pandas", "hydra-core",
              "sentence-transformers", "transformers", "diffusers", "open_clip_torch", "openai")
-#: first characters that make a spreadsheet evaluate a cell (CSV / formula injection)
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-#: what neutralises such a cell (and escapes a cell that starts with it)
-ESCAPE = "'"
-_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-
-
-def neutralise_cell(value: Any) -> Any:
-    """A text cell a spreadsheet would evaluate, behind an apostrophe (see the module
-    docstring); numbers, other texts and non-texts unchanged."""
-    if not isinstance(value, str) or not value:
-        return value
-    if value[0] == ESCAPE or (value[0] in FORMULA_START and not _NUMBER.match(value)):
-        return ESCAPE + value
-    return value
-
-
-def restore_cell(value: Any) -> Any:
-    """The inverse of :func:`neutralise_cell`."""
-    return value[1:] if isinstance(value, str) and value.startswith(ESCAPE) else value
-
-
-def spreadsheet_safe(frame: "pd.DataFrame") -> "pd.DataFrame":
-    """A copy of ``frame`` with every text cell neutralised (:func:`neutralise_cell`)."""
-    out = frame.copy()
-    for column in out.columns:
-        if out[column].dtype == object:
-            out[column] = out[column].map(neutralise_cell)
-    return out
-
-
-def read_descriptions(path: Path | str) -> "pd.DataFrame":
-    """A run's descriptions table with its exact text: ``descriptions.parquet`` beside the
-    given CSV when present, else the CSV with the spreadsheet rule undone."""
-    import pandas as pd
-
-    path = Path(path)
-    parquet = path.with_suffix(".parquet")
-    if parquet.is_file():
-        return pd.read_parquet(parquet)
-    frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
-    for column in frame.columns:
-        if frame[column].dtype == object:
-            frame[column] = frame[column].map(restore_cell)
-    return frame
-
-
 def write_parquet(path: Path, frame: "pd.DataFrame") -> None:
     """``frame`` as parquet, atomically; a column of mixed types is stored as text."""
     try:
@@ -104,9 +62,8 @@ def write_parquet(path: Path, frame: "pd.DataFrame") -> None:
     except (TypeError, ValueError):  # pyarrow's ArrowTypeError / ArrowInvalid: mixed types
         pass
     mixed = frame.copy()
-    for column in mixed.columns:
-        if mixed[column].dtype == object:
-            mixed[column] = mixed[column].map(
+    for column in text_columns(mixed):
+        mixed[column] = mixed[column].map(
                 lambda v: v if v is None or isinstance(v, str) else str(v))
     with atomic_path(path) as tmp:
         mixed.to_parquet(tmp, index=False)

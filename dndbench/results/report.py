@@ -209,7 +209,7 @@ def load_descriptions(dirs: Sequence[Path]) -> "pd.DataFrame":
     """The descriptions tables of many runs (later runs of the same setting and unit win)."""
     import pandas as pd
 
-    from dndbench.results.records import read_descriptions
+    from dndbench.spreadsheet import read_descriptions
 
     frames = [read_descriptions(d / "descriptions.csv").assign(run=str(d))
               for d in dirs if (d / "descriptions.csv").is_file()]

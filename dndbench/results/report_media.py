@@ -3,7 +3,8 @@
 For every unit of every layer (with a probe at hand): its top-activating probe images, the same
 images with the unit's activation map over them (heatmap), attention crops (DnD's own when a DnD
 setting stored them, else cut the way DnD's step 1 does), Network Dissection's mask (the map
-above the unit's threshold) for each netdissect setting, and a few of the images DnD generated
+above the unit's threshold, computed as Network Dissection computes it: the image fed whole)
+for each netdissect setting, and a few of the images DnD generated
 per candidate (read from the call cache; nothing is generated for the report).  Each picture is
 the region of the image the network saw (:mod:`dndbench.geometry`), so maps line up with pixels.
 
@@ -72,19 +73,16 @@ class UnitMedia:
 
 
 def ground_truth(ctx: "Context") -> dict[int, str]:
-    """The units' known concepts: planted concepts, or class names at the final layer."""
+    """The units' known concepts (the ``oracle``'s: planted concepts, class names at the final
+    layer); none when the model cannot say."""
+    from dndbench.describers.controls import ground_truth as recorded
     from dndbench.errors import DndbenchError
 
     try:
-        truth = dict(ctx.model.planted_concepts(ctx.layer))
-        classes = ctx.model.class_names() if ctx.is_final_layer else None
+        return {int(u): str(t) for u, t in recorded(ctx).items()}
     except DndbenchError as exc:
         log.warning("report: ground truth of %s unavailable (%s)", ctx.layer, exc)
         return {}
-    for unit in ctx.units:
-        if unit not in truth and classes and unit < len(classes):
-            truth[unit] = str(classes[unit])
-    return truth
 
 
 # -- drawing -------------------------------------------------------------------------------------
@@ -240,6 +238,7 @@ def layer_media(ctx: "Context", descriptions: "pd.DataFrame", configs: dict[str,
     truth = ground_truth(ctx)
     pooled = ctx.activations.pooled(ctx.layer).mean
     folder = Path(MEDIA_DIR) / _slug(ctx.layer)
+    whole = _fed_whole(ctx) if (descriptions.describer == "netdissect").any() else None
     out = []
     units = list(ctx.units)
     for start in range(0, len(units), UNITS_PER_PASS):
@@ -250,6 +249,11 @@ def layer_media(ctx: "Context", descriptions: "pd.DataFrame", configs: dict[str,
         maps = ctx.activations.maps(ctx.layer, chunk, union)
         row_of = {index: r for r, index in enumerate(union)}
         frames = {i: frame(ctx, i) for i in union}
+        if whole is None or whole is ctx:
+            whole_maps, whole_frames = maps, frames
+        else:  # Network Dissection's maps: the image fed whole (see _fed_whole)
+            whole_maps = whole.activations.maps(ctx.layer, chunk, union)
+            whole_frames = {i: frame(whole, i) for i in union}
         for col, unit in enumerate(chunk):
             unit_maps = np.stack([maps[row_of[i], col] for i in tops[unit]])
             media = UnitMedia(ctx.model.config.name, ctx.layer, unit, truth.get(unit, ""))
@@ -262,10 +266,19 @@ def layer_media(ctx: "Context", descriptions: "pd.DataFrame", configs: dict[str,
             if not crops:
                 crops = step1_crops(ctx, tops[unit], unit_maps)
             media.crops = write("crops", strip(crops))
-            _netdissect_masks(media, descriptions, frames, tops[unit], unit_maps, write)
+            _netdissect_masks(media, descriptions, whole_frames, tops[unit],
+                              np.stack([whole_maps[row_of[i], col] for i in tops[unit]]), write)
             _dnd_generated(ctx, media, descriptions, configs, write)
             out.append(media)
     return out
+
+
+def _fed_whole(ctx: "Context") -> "Context":
+    """The context Network Dissection computes its maps in: the model fed each image whole at
+    the probe's resolution (NetDissect-Lite's way), so its thresholds apply to those maps."""
+    from dndbench.describers.netdissect import NetDissect
+
+    return NetDissect.fed_whole(ctx)
 
 
 def _netdissect_masks(media: UnitMedia, descriptions: "pd.DataFrame",

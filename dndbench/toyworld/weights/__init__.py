@@ -243,6 +243,8 @@ def export(cache_root: Path, out: Path | None = None,
         entry["bytes"] = (out / FILES[kind]).stat().st_size
         entry["trained_on"] = dict(trained_on or {})
         entry["accuracy"] = accuracy_summary(kind, meta)
+        if kind in SAMPLE_CHECKS:
+            entry["sample_check"] = sample_check(kind, tensors, meta)
         entry["meta"] = meta
         entries[kind] = entry
     with atomic_path(out / MANIFEST) as tmp:
@@ -263,6 +265,41 @@ def accuracy_summary(kind: str, meta: dict[str, Any]) -> dict[str, Any]:
     held = report.get("held_out", {})
     return {"held_out_concept_accuracy": held.get("concept_accuracy"),
             "held_out_bleu1": held.get("bleu1")}
+
+
+#: images of each network's own held-out stream that :func:`sample_check` scores
+SAMPLE_IMAGES = 64
+SAMPLE_CHECKS = ("toynet", "toy_backends")
+
+
+def sample_check(kind: str, state: dict[str, Any], meta: dict[str, Any],
+                 images: int = SAMPLE_IMAGES) -> dict[str, Any]:
+    """Accuracy of the weights ``state`` on the first ``images`` images of the network's own
+    held-out stream (ToyNet: test accuracy and the logits' sum; toy backends: slot accuracy):
+    recorded in the manifest, so a test can check that loading gives these numbers."""
+    import numpy as np
+    import torch
+
+    config = meta["config"]
+    if kind == "toynet":
+        from dndbench.toyworld.network import ToyNet, normalise
+        from dndbench.toyworld.train_toynet import TRAIN_STREAM_BASE, make_data
+        from dndbench.toyworld.world import SHAPES
+
+        data = make_data(TRAIN_STREAM_BASE + 2 * int(config["seed"]) + 1, images, [], workers=1)
+        net = ToyNet(len(SHAPES), tuple(config["widths"]), int(config["blocks"]))
+        net.load_state_dict(state)
+        with torch.no_grad():
+            logits = net.eval()(normalise(torch.from_numpy(data.images))).numpy()
+        return {"images": images, "accuracy": float((logits.argmax(1) == data.labels).mean()),
+                "logit_sum": float(np.float64(logits).sum())}
+    from dndbench.toyworld.backend_network import ToyDual
+    from dndbench.toyworld.train_toy_backends import BACKEND_STREAM_BASE, _data, evaluate
+
+    pixels, specs = _data(BACKEND_STREAM_BASE + 2 * int(config["seed"]) + 1, images, 1)
+    model = ToyDual(tuple(config["widths"]), int(config["dim"]))
+    model.load_state_dict(state)
+    return {"images": images, "slot_accuracy": evaluate(model.eval(), pixels, specs)["slot_accuracy"]}
 
 
 def _mean(values: list[Any]) -> float | None:
