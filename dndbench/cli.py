@@ -146,6 +146,10 @@ def explain(exc: BaseException) -> DndbenchError:
             node = getattr(err, "parent_node", None)
             name = (node.get("name") if node is not None and hasattr(node, "get") and "name" in node
                     else None)
+            if name == "all":  # the default suite (describer=all, metric=all) takes no options
+                return ConfigError(f"{parent}=all runs every default {parent} with its "
+                                   f"defaults, so {parent}.{key} applies to none; choose one "
+                                   f"with {parent}=<name> to set its options")
             where = (f"{parent} {name!r}" if parent and name else parent or "the run")
             return UnknownOptionError(where, str(key), valid)
         if isinstance(err, ValidationError) and full_key:
@@ -346,9 +350,16 @@ def run_from_hydra(cfg: Any) -> None:
     from dndbench.config import check_data, to_run_spec
     from dndbench.pipeline import run_job, run_setting_label
     from dndbench.redact import guard_logging
-    from dndbench.results.leaderboard import leaderboard, load_costs, to_markdown, write_leaderboard
+    from dndbench.results.leaderboard import (
+        leaderboard,
+        load_costs,
+        metric_agreement,
+        pairs_table,
+        to_markdown,
+        write_leaderboard,
+    )
     from dndbench.results.records import write_run
-    from dndbench.results.report import leaderboard_chart, write_run_report
+    from dndbench.results.report import Standings, leaderboard_chart, write_run_report
 
     guard_logging()  # no secret or URL credential reaches the job's log
     started = time.time()
@@ -381,7 +392,9 @@ def run_from_hydra(cfg: Any) -> None:
         print(text)
     # every run gets its report; probe images only where a describer used the probe
     configs = {run_setting_label(spec, c): c for c in spec.describers}
-    write_run_report(run_dir, descriptions, scores, table, result.contexts, configs,
+    standings = (Standings(table, pairs_table(table), metric_agreement(table))
+                 if table is not None else None)
+    write_run_report(run_dir, descriptions, scores, standings, result.contexts, configs,
                      images=result.probe_used)
     mark_complete(run_dir)
     print(f"results: {run_dir}")

@@ -287,6 +287,12 @@ def to_run_spec(cfg: Any, overrides: list[str] | None = None) -> RunSpec:
     from omegaconf import OmegaConf
 
     describer_node, metric_node = cfg.describer, cfg.metric
+    for group, node in (("describer", describer_node), ("metric", metric_node)):
+        extra = sorted(str(k) for k in node.keys() if k != "name") if node is not None else []
+        if node is not None and node.get("name") == ALL and extra:
+            raise ConfigError(f"{group}={ALL} runs every default {group} with its defaults, so "
+                              f"{group}.{extra[0]} applies to none; choose one with "
+                              f"{group}=<name> to set its options")
     describers = (default_describers() if describer_node.get("name") == ALL
                   else [_component("describer", describer_node)])
     metrics = None if metric_node.get("name") == ALL else [_component("metric", metric_node)]

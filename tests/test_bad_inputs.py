@@ -87,6 +87,10 @@ CASES = [
     bad("unknown-neurons-key", "neurons.unit=[0]", r"'unit'.*'units'"),
     bad("unknown-model-key", "model.train_imgs=5", r"'train_imgs'.*'train_images'"),
     bad("unknown-data-key", "data.imagenett=x", r"'imagenett'.*'imagenet'"),
+    bad("option-of-the-suite", "describer=all describer.quantile=0.01",
+        r"describer=all runs every default describer.*describer=<name>"),
+    bad("option-of-the-suite-plus", "describer=all +describer.quantile=0.01",
+        r"describer=all runs every default describer.*describer=<name>"),
     # -- secrets come from the environment only ----------------------------------------------
     bad("api-key-override", "+llm.api_key=sk-test-123", r"OPENAI_API_KEY"),
     bad("api-key-override-openai", "llm=openai +llm.api_key=sk-test-123", r"OPENAI_API_KEY"),

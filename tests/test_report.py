@@ -12,8 +12,8 @@ import pytest
 
 from dndbench.describers.dnd.config import DnDConfig
 from dndbench.registry import registry_for
-from dndbench.results.leaderboard import leaderboard
-from dndbench.results.report import write_merged_report, write_run_report
+from dndbench.results.leaderboard import leaderboard, metric_agreement, pairs_table
+from dndbench.results.report import Standings, write_merged_report, write_run_report
 from dndbench.testing.kit import TinyModel, tiny_context
 
 PLANTED = {0: "red", 1: "green", 2: "blue", 3: "yellow"}
@@ -71,6 +71,11 @@ def score_rows(descriptions: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).assign(**FRONT)
 
 
+def standings(scores: pd.DataFrame, costs: pd.DataFrame | None = None) -> Standings:
+    table = leaderboard(scores, costs=costs)
+    return Standings(table, pairs_table(table), metric_agreement(table))
+
+
 def build_report_run(run_dir: Path, cache: Path) -> Path:
     """A run directory with tables, pictures and report.html (DnD's images in the call cache)."""
     ctx = planted_context(cache)
@@ -82,7 +87,11 @@ def build_report_run(run_dir: Path, cache: Path) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     descriptions.to_csv(run_dir / "descriptions.csv", index=False)
     scores.to_csv(run_dir / "scores.csv", index=False)
-    write_run_report(run_dir, descriptions, scores, leaderboard(scores), [ctx], {"dnd": config})
+    costs = pd.DataFrame({"setting": ["dnd", "netdissect", "constant"], "layer": "layer1",
+                          "units": 4, "seconds_per_unit": [2.5, 0.75, 0.001],
+                          "llm_calls_per_unit": [12.0, 0.0, 0.0]})
+    write_run_report(run_dir, descriptions, scores, standings(scores, costs), [ctx],
+                     {"dnd": config})
     return run_dir / "report.html"
 
 
@@ -99,6 +108,9 @@ def test_run_report_has_leaderboards_cards_and_pictures(report: Path) -> None:
     page = report.read_text()
     assert 'class="board sortable"' in page and "planted_hit" in page and "95 % CI" in page
     assert 'id="f-layer"' in page and 'id="f-sort"' in page and "<script>" in page
+    assert "Do the metrics agree?" in page and "pairwise comparisons" in page
+    assert page.count("data:image/png;base64,") == 4  # the four figures, inlined
+    assert "LLM calls" in page and ">12<" in page.replace(" ", "")  # DnD's cost per unit
     assert len(cards(page)) == len(PLANTED)
     first = cards(page)[0]
     assert "ground truth: <b>red</b>" in first and "✓" in first and "✗" in first
@@ -131,7 +143,7 @@ def test_run_without_probe_gets_labels_only(tmp_path: Path) -> None:
     ctx = planted_context(tmp_path / "cache")
     descriptions = description_rows(ctx.units)
     scores = score_rows(descriptions)
-    path = write_run_report(tmp_path / "run", descriptions, scores, leaderboard(scores), [ctx],
+    path = write_run_report(tmp_path / "run", descriptions, scores, standings(scores), [ctx],
                             images=False)
     page = path.read_text()
     assert len(cards(page)) == len(PLANTED) and "<img" not in "".join(cards(page))
@@ -143,7 +155,7 @@ def test_cards_are_never_capped(tmp_path: Path) -> None:
     units = list(range(260))
     descriptions = description_rows(units)
     scores = score_rows(descriptions)
-    page = write_run_report(tmp_path, descriptions, scores, leaderboard(scores)).read_text()
+    page = write_run_report(tmp_path, descriptions, scores, standings(scores)).read_text()
     assert len(cards(page)) == 260 and 'data-unit="259"' in page
 
 
@@ -169,7 +181,7 @@ def test_merge_of_runs_without_pictures(tmp_path: Path) -> None:
     scores = score_rows(descriptions)
     descriptions.to_csv(tmp_path / "descriptions.csv", index=False)
     scores.to_csv(tmp_path / "scores.csv", index=False)
-    out = write_merged_report([tmp_path], scores, leaderboard(scores), tmp_path / "m.html")
+    out = write_merged_report([tmp_path], scores, standings(scores), tmp_path / "m.html")
     page = out.read_text()
     assert len(cards(page)) == 3 and "none of the runs has pictures" in page
 

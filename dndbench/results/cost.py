@@ -282,10 +282,12 @@ def markdown(projections: list[Projection], notes: list[str]) -> str:
     stages = [s for s in STAGES if s != "embedding" or any(p.seconds[s] for p in projections)]
     head = ["workload", "steps", "LLM conc.", *(f"{s} s" for s in stages), "total s/unit",
             "tokens/unit", "USD/unit"]
+    from dndbench.results.leaderboard import md_cell
+
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for p in projections:
         w = p.workload
-        cells = [w.label, f"{w.steps}{' (CFG)' if w.guidance > 1 else ''}", str(w.llm_concurrency),
+        cells = [md_cell(w.label), f"{w.steps}{' (CFG)' if w.guidance > 1 else ''}", str(w.llm_concurrency),
                  *(f"{p.seconds[s]:.3f}" for s in stages), f"**{p.total:.2f}**",
                  f"{p.tokens:.0f}{'*' if p.tokens_estimated else ''}", f"{p.spend:.4f}"]
         lines.append("| " + " | ".join(cells) + " |")

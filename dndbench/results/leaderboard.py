@@ -410,9 +410,11 @@ def main(argv: list[str] | None = None) -> int:
     print(to_markdown(table))
     written = [str(md), str(csv), str(chart)]
     if args.html:
-        from dndbench.results.report import write_merged_report
+        from dndbench.results.report import Standings, write_merged_report
 
-        written.append(str(write_merged_report(args.paths, scores, table,
+        dirs = [Path(run) for run in dict.fromkeys(scores["run"])]  # the complete runs read
+        standings = Standings(table, pairs_table(table), metric_agreement(table))
+        written.append(str(write_merged_report(dirs, scores, standings,
                                                args.out.with_suffix(".html"))))
     print(f"wrote {', '.join(written)}")
     return 0

@@ -26,7 +26,7 @@ import base64
 import logging
 import shutil
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -44,6 +44,18 @@ log = logging.getLogger("dndbench")
 TEMPLATES = Path(__file__).parent / "templates"
 REPORT = "report.html"
 PAGE_SIZE = 50
+
+
+@dataclass
+class Standings:
+    """What the page shows of a leaderboard: the table
+    (:func:`dndbench.results.leaderboard.leaderboard`), its pairwise comparisons
+    (:func:`~dndbench.results.leaderboard.pairs_table`) and the metrics' agreement
+    (:func:`~dndbench.results.leaderboard.metric_agreement`)."""
+
+    table: "pd.DataFrame"
+    pairs: "pd.DataFrame | None" = None
+    agreement: "pd.DataFrame | None" = None
 
 
 def leaderboard_chart(table: "pd.DataFrame", path: Path) -> Path:
@@ -121,17 +133,18 @@ def figures(table: "pd.DataFrame | None", scores: "pd.DataFrame") -> list[dict[s
     return out
 
 
-def render(descriptions: "pd.DataFrame", scores: "pd.DataFrame", table: "pd.DataFrame | None",
+def render(descriptions: "pd.DataFrame", scores: "pd.DataFrame", standings: Standings | None,
            media: Sequence["UnitMedia"], title: str, meta: dict[str, Any],
            links: Sequence[str] = ()) -> str:
     """The report page as a string."""
-    from dndbench.results.leaderboard import metric_agreement, pairs_table
     from dndbench.results.report_cards import agreement_matrices, boards, cards, overviews
 
     by_unit = {(m.model, m.layer, int(m.unit)): m for m in media}
     unit_cards = cards(descriptions, scores, by_unit)
-    board_list = boards(table, pairs_table(table)) if table is not None and len(table) else []
-    agreement = agreement_matrices(metric_agreement(table)) if board_list else []
+    table = standings.table if standings is not None and len(standings.table) else None
+    board_list = boards(table, standings.pairs) if table is not None and standings else []
+    agreement = (agreement_matrices(standings.agreement)
+                 if board_list and standings and standings.agreement is not None else [])
     settings = list(dict.fromkeys(str(s) for s in descriptions.get("setting", [])))
     metrics = list(dict.fromkeys(str(m) for m in scores.get("metric", [])))
     layers = list(dict.fromkeys(c.where for c in unit_cards))
@@ -160,7 +173,7 @@ def _meta(descriptions: "pd.DataFrame", **extra: Any) -> dict[str, Any]:
 
 # -- a run ---------------------------------------------------------------------------------------
 def write_run_report(run_dir: Path, descriptions: "pd.DataFrame", scores: "pd.DataFrame",
-                     table: "pd.DataFrame | None", contexts: Sequence["Context"] = (),
+                     standings: Standings | None, contexts: Sequence["Context"] = (),
                      configs: dict[str, "ComponentConfig"] | None = None,
                      images: bool = True) -> Path:
     """Write ``run_dir/report.html`` (and its pictures under ``run_dir/report_files``).
@@ -191,20 +204,13 @@ def write_run_report(run_dir: Path, descriptions: "pd.DataFrame", scores: "pd.Da
     links = [n for n in ("leaderboard.md", "leaderboard.csv", "pairs.csv",
                          "metric_agreement.csv", "descriptions.csv", "scores.csv", "costs.csv",
                          "summary.json", "run.json") if (run_dir / n).is_file()]
-    path = _write_html(run_dir / REPORT, render(descriptions, scores, table, media, title, meta,
-                                                links))
+    path = _write_html(run_dir / REPORT, render(descriptions, scores, standings, media, title,
+                                                meta, links))
     log.info("report: %s (%.1f s)", path, time.perf_counter() - t)
     return path
 
 
 # -- a merge -------------------------------------------------------------------------------------
-def run_dirs(paths: Sequence[Path]) -> list[Path]:
-    """The run directories at or below ``paths`` (folders holding a ``scores.csv``)."""
-    from dndbench.results.leaderboard import find_score_tables
-
-    return list(dict.fromkeys(p.parent for p in find_score_tables(paths)))
-
-
 def load_descriptions(dirs: Sequence[Path]) -> "pd.DataFrame":
     """The descriptions tables of many runs (later runs of the same setting and unit win)."""
     import pandas as pd
@@ -258,12 +264,12 @@ def _copy_media(item: "UnitMedia", run_dir: Path, target: Path, html_dir: Path) 
                               for s, g in item.generated.items()})
 
 
-def write_merged_report(paths: Sequence[Path], scores: "pd.DataFrame", table: "pd.DataFrame",
+def write_merged_report(dirs: Sequence[Path], scores: "pd.DataFrame", standings: Standings,
                         out: Path) -> Path:
-    """Write ``out`` (``PREFIX.html``) for the runs under ``paths``; their pictures are copied
-    to ``PREFIX_files/``."""
+    """Write ``out`` (``PREFIX.html``) for the run directories ``dirs`` (their merged ``scores``
+    and ``standings``); their pictures are copied to ``PREFIX_files/``."""
     out = Path(out)
-    dirs = run_dirs(paths)
+    dirs = list(dict.fromkeys(Path(d) for d in dirs))
     descriptions = load_descriptions(dirs)
     files = out.parent / f"{out.stem}_files"
     if files.is_dir():
@@ -273,4 +279,4 @@ def write_merged_report(paths: Sequence[Path], scores: "pd.DataFrame", table: "p
     title = f"{', '.join(models) or 'merged runs'} — {len(dirs)} run(s)"
     meta = _meta(descriptions, runs=len(dirs),
                  images="yes" if any(m.top for m in media) else "none of the runs has pictures")
-    return _write_html(out, render(descriptions, scores, table, media, title, meta))
+    return _write_html(out, render(descriptions, scores, standings, media, title, meta))

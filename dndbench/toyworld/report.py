@@ -393,7 +393,7 @@ def candidate_counts(model: "ToyNetModel", probe: "ToyWorldProbe", cache: Cache,
         counts = {int(d.unit): len([c for c in str(d.extras.get("candidates", "")).split(" | ")
                                     if c.strip()]) for d in dnd.describe(ctx)}
         values = list(counts.values())
-        n = int(dnd_options.get("n", describers.config("dnd").n))  # type: ignore[attr-defined]
+        n = int(dnd_options.get("n", getattr(describers.config("dnd"), "n", 0)))
         out[name] = {"n": n, "units": len(values),
                      "mean": float(np.mean(values)) if values else float("nan"),
                      "min": min(values, default=0), "max": max(values, default=0),
