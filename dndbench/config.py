@@ -152,13 +152,19 @@ def backend_registries() -> dict[str, Registry[Any]]:
 
 
 def register_configs() -> None:
-    """Store the run schema and every registered component config in Hydra's ConfigStore."""
+    """Store the run schema and every registered component config in Hydra's ConfigStore.
+
+    A kind is a config group only when the run has a slot for it (a :class:`RunConfig` field):
+    embedders are chosen per metric (``metric.embedder=mpnet``), so there is no ``embedder=``."""
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
     regs = registries()
+    slots = set(RunConfig.__dataclass_fields__)
     for group, registry in regs.items():
+        if group not in slots:
+            continue
         for entry in registry.entries():
             cs.store(group=group, name=entry.name, node=entry.config_class(name=entry.name))
     for group in ("describer", "metric"):
