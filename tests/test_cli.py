@@ -76,7 +76,8 @@ def test_bad_values_are_one_line_config_errors(argv: list[str], pattern: str) ->
 
 @pytest.mark.parametrize("argv, pattern", [
     # each job of the sweep is composed: quantile is a netdissect option, not a dnd one
-    (["-m", "describer=netdissect,dnd", "describer.quantile=0.01"], "describer 'dnd' has no option 'quantile'"),
+    (["-m", "describer=netdissect,dnd", "describer.quantile=0.01"],
+     "describer 'dnd' has no option 'quantile'"),
     (["-m", "describer=netdissect,dnx"], "Did you mean 'dnd'"),
     (["-m", "describer=glob(net*)", "describer.no_such_key=1"], "no_such_key"),
     (["describer=netdissect", "describer.quantile=0.01,0.02"], "Ambiguous value"),  # no -m
