@@ -37,7 +37,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "check-plugin": ("dndbench.testing.check_plugin", "main"),
     "check-metrics": ("dndbench.metrics.sanity", "main"),
     "cost": ("dndbench.results.cost", "main"),
-    "toyworld-report": ("dndbench.toyworld.report", "main"),
+    "toyworld-report": ("dndbench.toyworld.world_report", "main"),
     "backend-ladder": ("dndbench.ladder", "main"),
     "cache": ("dndbench.cache_cli", "main"),
 }

@@ -99,22 +99,28 @@ def run_strengths(strengths: dict[str, list[str]], overrides: list[str], out: Pa
 
 
 def means_table(folders: dict[str, Path]) -> "pd.DataFrame":
-    """One row per (strength, group, setting): the setting's mean over units (the strength's
-    own leaderboard), with ``base`` the label without the backends suffix."""
+    """One row per (strength, group, setting): the setting's mean over the units it scored (the
+    strength's leaderboard means, without its pairwise tests), ``n``, ``role`` and ``base``, the
+    label without the backends suffix."""
     import pandas as pd
 
-    from dndbench.results.leaderboard import leaderboard, load_scores
+    from dndbench.results.leaderboard import load_scores, matched_groups
 
-    frames = []
+    rows = []
     for name, folder in folders.items():
-        table = leaderboard(load_scores([folder]))
-        if not len(table):
-            continue
-        table = table.assign(strength=name, base=table["setting"].map(base_setting))
-        frames.append(table)
-    if not frames:
+        for key, group, _ in matched_groups(load_scores([folder])):
+            roles = (group["role"].fillna("method").groupby(group["setting"]).first()
+                     if "role" in group else None)
+            for setting, values in group.groupby("setting", sort=True)["value"]:
+                values = values.astype(float).dropna()
+                rows.append({**key, "strength": name, "setting": str(setting),
+                             "base": base_setting(str(setting)),
+                             "role": str(roles[setting]) if roles is not None else "method",
+                             "mean": float(values.mean()) if len(values) else float("nan"),
+                             "n": int(len(values))})
+    if not rows:
         raise ConfigError("the ladder's runs scored nothing: no metric applies to their units")
-    return pd.concat(frames, ignore_index=True)
+    return pd.DataFrame(rows)
 
 
 def agreement(means: "pd.DataFrame") -> "pd.DataFrame":

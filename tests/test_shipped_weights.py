@@ -12,7 +12,7 @@ import pytest
 
 from dndbench.cache import Cache
 from dndbench.errors import DataError
-from dndbench.toyworld import weights
+from dndbench.toyworld import ship_weights, weights
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def test_the_shipped_fingerprints_are_the_default_configs() -> None:
     from dndbench.describers.base import DESCRIBERS
     from dndbench.describers.milan.training import toy_key
 
-    keys = weights.default_fingerprints()
+    keys = ship_weights.default_fingerprints()
     entries = weights.manifest()
     assert entries["toynet"]["fingerprint"] == keys["toynet"]
     assert entries["toy_backends"]["fingerprint"] == keys["toy_backends"]
@@ -72,7 +72,7 @@ def test_loading_gives_the_recorded_numbers_without_training(tmp_path: Path,
     assert meta["shipped"]["sha256"] == weights.manifest()["toynet"]["sha256"]
     assert meta["report"]["test_accuracy"] == weights.manifest()["toynet"]["accuracy"]["test_accuracy"]
     state = {k: v for k, v in net.state_dict().items()}
-    check = weights.sample_check("toynet", state, meta)
+    check = ship_weights.sample_check("toynet", state, meta)
     recorded = weights.manifest()["toynet"]["sample_check"]
     assert check["accuracy"] == recorded["accuracy"]
     # other CPUs may round differently in the last digits
@@ -81,7 +81,7 @@ def test_loading_gives_the_recorded_numbers_without_training(tmp_path: Path,
     captioner = ToyCaptioner(ToyModelConfig(name="toy", device="cpu"), cache_dir=tmp_path)
     backend_meta = json.loads((captioner.ensure_trained() / "meta.json").read_text())
     state = {k: v.cpu() for k, v in captioner.model().state_dict().items()}
-    assert (weights.sample_check("toy_backends", state, backend_meta)
+    assert (ship_weights.sample_check("toy_backends", state, backend_meta)
             == weights.manifest()["toy_backends"]["sample_check"])
     assert torch.equal(next(iter(state.values())),
                        weights.load_tensors("toy_backends")[next(iter(state))])
@@ -147,3 +147,29 @@ def test_retraining_toynet_reaches_the_recorded_accuracy(tmp_path: Path) -> None
     assert abs(meta["report"]["test_accuracy"] - recorded["test_accuracy"]) <= 0.03
     aucs = [u["auc"] for u in meta["report"]["planted_units"]]
     assert abs(float(np.mean(aucs)) - recorded["planted_auc_mean"]) <= 0.02
+
+
+def test_exporting_the_installed_weights_gives_the_shipped_files(tmp_path: Path) -> None:
+    from dndbench.describers.base import DESCRIBERS
+    from dndbench.describers.milan.training import ensure_toy_milan
+    from dndbench.models.base import MODELS
+    from dndbench.toyworld.toy_backends import ToyCaptioner, ToyModelConfig
+
+    cache = Cache(tmp_path / "cache")
+    model = MODELS.create("toynet")
+    model.cache = cache
+    model.ensure_trained()
+    ToyCaptioner(ToyModelConfig(name="toy"), cache_dir=cache.root).ensure_trained()
+    ensure_toy_milan(DESCRIBERS.create(DESCRIBERS.config("milan")).toy_config(), cache)
+    entries = ship_weights.export(cache.root, tmp_path / "out", {"threads": 2})
+    shipped = weights.manifest()
+    for kind, entry in entries.items():
+        assert entry["sha256"] == shipped[kind]["sha256"], kind
+        assert entry["fingerprint"] == shipped[kind]["fingerprint"]
+        check, recorded = entry.get("sample_check"), shipped[kind].get("sample_check")
+        if kind == "toynet":  # other CPUs may round the logits' sum differently
+            assert check == pytest.approx(recorded, rel=1e-5)
+        elif kind == "toy_backends":
+            assert check["slot_accuracy"] == pytest.approx(recorded["slot_accuracy"])
+    written = json.loads((tmp_path / "out" / weights.MANIFEST).read_text())
+    assert {k: v["sha256"] for k, v in written.items()} == {k: v["sha256"] for k, v in entries.items()}

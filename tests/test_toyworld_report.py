@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dndbench.cache import Cache
-from dndbench.toyworld import report as R
+from dndbench.toyworld import world_report as R
 from dndbench.toyworld.captions import canonical_caption
 from dndbench.toyworld.render import annotate, render
 from dndbench.toyworld.world import ObjectSpec, SceneSpec, sample_scene

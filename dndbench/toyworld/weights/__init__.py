@@ -23,19 +23,17 @@ different seed, a tiny test config, changed code that bumped a version string) t
 before.  ``DNDBENCH_SHIPPED_WEIGHTS=0`` turns the shipped weights off (to retrain from scratch).
 
 After retraining the world, refresh the shipped files from a cache that holds the new default
-trainings (``python -m dndbench train-toynet``, ``train-toy-backends``, ``train-milan``)::
+trainings (``python -m dndbench train-toynet``, ``train-toy-backends``, ``train-milan``) with
+:mod:`dndbench.toyworld.ship_weights`::
 
-    python -m dndbench.toyworld.weights --cache ~/.cache/dndbench
+    python -m dndbench.toyworld.ship_weights --cache ~/.cache/dndbench
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
 import os
-import platform
-import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -70,6 +68,11 @@ def _read_manifest(folder: str) -> dict[str, Any]:
         return dict(json.loads(path.read_text()))
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read the shipped weights' manifest {path} ({exc})") from exc
+
+
+def reload() -> None:
+    """Forget the manifests read so far (after :mod:`dndbench.toyworld.ship_weights` wrote one)."""
+    _read_manifest.cache_clear()
 
 
 def manifest(folder: Path | None = None) -> dict[str, Any]:
@@ -141,197 +144,3 @@ def install(kind: str, fingerprint: str, out_dir: Path, folder: Path | None = No
         tmp.write_text(json.dumps(meta, indent=2, default=str))
     log.info("installed the shipped %s weights (%s) into %s", kind, entry["file"], out_dir)
     return True
-
-
-# -- exporting (refreshing the shipped files) -------------------------------------------------
-def machine() -> dict[str, Any]:
-    """What the trained numbers depend on besides the code: threads, CPU capability, torch."""
-    import torch
-
-    return {"torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "machine": platform.machine()}
-
-
-def default_fingerprints(cache_root: Path | None = None) -> dict[str, str]:
-    """The cache keys of the default configs (what the default job asks for).  The toy
-    MILAN's key is computed by the ``milan`` describer's package; without importing it (the toy
-    world is a lower layer) it is read from the finished training in ``cache_root`` whose
-    config is the default describer's (None when there is none)."""
-    from dndbench.toyworld.target_model import ToyNetConfig, ToyNetModel
-    from dndbench.toyworld.toy_backends import ToyCaptioner, ToyModelConfig
-    from dndbench.toyworld.train_toy_backends import training_key
-
-    toynet = ToyNetModel(ToyNetConfig(name="toynet")).weights_fingerprint()
-    captioner = ToyCaptioner(ToyModelConfig(name="toy"))
-    out = {"toynet": toynet, "toy_backends": training_key(captioner.train_config())}
-    if cache_root is not None:
-        milan = default_milan_folder(Path(cache_root))
-        if milan is not None:
-            out["toy_milan"] = milan.name
-    return out
-
-
-def default_milan_config() -> dict[str, Any]:
-    """The default ``milan`` describer's toy MILAN config, as a plain dict (via the registry)."""
-    from dataclasses import asdict
-
-    from dndbench.registry import registry_for
-
-    describers = registry_for("describer")
-    milan = describers.create(describers.config("milan"))
-    return asdict(milan.toy_config())
-
-
-def default_milan_folder(cache_root: Path) -> Path | None:
-    """The cache folder of the finished default toy MILAN training, if ``cache_root`` has one."""
-    wanted = json.loads(json.dumps(default_milan_config(), default=str))
-    for meta_path in sorted((cache_root / "milan").glob("*/meta.json")):
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError):
-            continue
-        if meta.get("config") == wanted and meta.get("key") == meta_path.parent.name:
-            return meta_path.parent
-    return None
-
-
-def source_dirs(cache_root: Path) -> dict[str, Path]:
-    """Where a cache holds the default trainings, by kind."""
-    keys = default_fingerprints(cache_root)
-    if "toy_milan" not in keys:
-        raise DataError(f"{cache_root} holds no finished default toy MILAN training; train it "
-                        f"first (python -m dndbench train-milan)")
-    return {"toynet": cache_root / "toynet" / keys["toynet"],
-            "toy_backends": cache_root / "toy_backends" / keys["toy_backends"],
-            "toy_milan": cache_root / "milan" / keys["toy_milan"]}
-
-
-def _flat_milan(payload: dict[str, Any]) -> dict[str, Any]:
-    return {f"{part}.{name}": tensor for part in MILAN_PARTS
-            for name, tensor in payload["state"][part].items()}
-
-
-def export(cache_root: Path, out: Path | None = None,
-           trained_on: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write the safetensors files and ``manifest.json`` into ``out`` (default: this package
-    folder) from the default trainings in ``cache_root``; return the manifest."""
-    import torch
-    from safetensors.torch import save_file
-
-    out = Path(out or HERE)
-    folders = source_dirs(Path(cache_root))
-    entries: dict[str, Any] = {}
-    for kind, folder in folders.items():
-        meta_path = folder / "meta.json"
-        if not meta_path.is_file():
-            raise DataError(f"{folder} holds no finished {kind} training; train it first "
-                            f"(python -m dndbench train-toynet / train-toy-backends / train-milan)")
-        meta = json.loads(meta_path.read_text())
-        meta.pop("shipped", None)
-        entry: dict[str, Any] = {"file": FILES[kind], "fingerprint": folder.name}
-        if kind == "toy_milan":
-            payload = torch.load(folder / "milan.pt", map_location="cpu", weights_only=False)
-            tensors = _flat_milan(payload)
-            entry["payload"] = {k: payload[k] for k in ("format", "words", "spec", "sizes")}
-        else:
-            tensors = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
-        tensors = {k: v.contiguous() for k, v in tensors.items()}
-        with atomic_path(out / FILES[kind]) as tmp:
-            save_file(tensors, str(tmp))
-        entry["sha256"] = sha256(out / FILES[kind])
-        entry["bytes"] = (out / FILES[kind]).stat().st_size
-        entry["trained_on"] = dict(trained_on or {})
-        entry["accuracy"] = accuracy_summary(kind, meta)
-        if kind in SAMPLE_CHECKS:
-            entry["sample_check"] = sample_check(kind, tensors, meta)
-        entry["meta"] = meta
-        entries[kind] = entry
-    with atomic_path(out / MANIFEST) as tmp:
-        tmp.write_text(json.dumps(entries, indent=1, default=str) + "\n")
-    _read_manifest.cache_clear()
-    return entries
-
-
-def accuracy_summary(kind: str, meta: dict[str, Any]) -> dict[str, Any]:
-    """The headline accuracy figures of a training report (what the retraining test checks)."""
-    report = meta.get("report", {})
-    if kind == "toynet":
-        return {"test_accuracy": report.get("test_accuracy"),
-                "planted_auc_mean": _mean([u.get("auc") for u in report.get("planted_units", [])])}
-    if kind == "toy_backends":
-        return {"slot_accuracy": report.get("slot_accuracy", {}),
-                "caption_exact_match": report.get("caption_exact_match")}
-    held = report.get("held_out", {})
-    return {"held_out_concept_accuracy": held.get("concept_accuracy"),
-            "held_out_bleu1": held.get("bleu1")}
-
-
-#: images of each network's own held-out stream that :func:`sample_check` scores
-SAMPLE_IMAGES = 64
-SAMPLE_CHECKS = ("toynet", "toy_backends")
-
-
-def sample_check(kind: str, state: dict[str, Any], meta: dict[str, Any],
-                 images: int = SAMPLE_IMAGES) -> dict[str, Any]:
-    """Accuracy of the weights ``state`` on the first ``images`` images of the network's own
-    held-out stream (ToyNet: test accuracy and the logits' sum; toy backends: slot accuracy):
-    recorded in the manifest, so a test can check that loading gives these numbers."""
-    import numpy as np
-    import torch
-
-    config = meta["config"]
-    if kind == "toynet":
-        from dndbench.toyworld.network import ToyNet, normalise
-        from dndbench.toyworld.train_toynet import TRAIN_STREAM_BASE, make_data
-        from dndbench.toyworld.world import SHAPES
-
-        data = make_data(TRAIN_STREAM_BASE + 2 * int(config["seed"]) + 1, images, [], workers=1)
-        net = ToyNet(len(SHAPES), tuple(config["widths"]), int(config["blocks"]))
-        net.load_state_dict(state)
-        with torch.no_grad():
-            logits = net.eval()(normalise(torch.from_numpy(data.images))).numpy()
-        return {"images": images, "accuracy": float((logits.argmax(1) == data.labels).mean()),
-                "logit_sum": float(np.float64(logits).sum())}
-    from dndbench.toyworld.backend_network import ToyDual
-    from dndbench.toyworld.train_toy_backends import BACKEND_STREAM_BASE, _data, evaluate
-
-    pixels, specs = _data(BACKEND_STREAM_BASE + 2 * int(config["seed"]) + 1, images, 1)
-    model = ToyDual(tuple(config["widths"]), int(config["dim"]))
-    model.load_state_dict(state)
-    return {"images": images, "slot_accuracy": evaluate(model.eval(), pixels, specs)["slot_accuracy"]}
-
-
-def _mean(values: list[Any]) -> float | None:
-    numbers = [float(v) for v in values if v is not None]
-    return sum(numbers) / len(numbers) if numbers else None
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m dndbench.toyworld.weights --cache DIR``: refresh the shipped weights."""
-    from dndbench.cache import default_cache_dir
-
-    parser = argparse.ArgumentParser(
-        prog="python -m dndbench.toyworld.weights",
-        description="Write the shipped toy-world weights (safetensors + manifest.json) from the "
-                    "default trainings of a cache.")
-    parser.add_argument("--cache", type=Path, default=None,
-                        help="cache holding the trainings (default: $DNDBENCH_CACHE)")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: the "
-                        "package's dndbench/toyworld/weights/)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="thread count the trainings ran with (recorded; default: this "
-                             "process's torch.get_num_threads())")
-    args = parser.parse_args(argv)
-    trained_on = machine()
-    if args.threads is not None:
-        trained_on["threads"] = args.threads
-    entries = export(args.cache or default_cache_dir(), args.out, trained_on)
-    for kind, entry in entries.items():
-        print(f"{kind:13} {entry['file']:26} {entry['bytes'] / 1e6:5.2f} MB  "
-              f"{entry['fingerprint']}  {json.dumps(entry['accuracy'])}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

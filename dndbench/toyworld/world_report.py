@@ -24,7 +24,9 @@ What a ranking on the toy world rests on, measured rather than assumed:
   visible).  A captioner's caption is read back into slots; a VLM's slot answer is its most
   similar bare concept word of the category, as CLIP-Dissect queries it;
 * **summariser candidates**: the number of distinct candidate concepts DnD's step 2 gets per
-  unit of a reference layer (``fc``) with each summariser (``keyword``, ``proposer``).
+  unit of a reference layer (``fc``) with each summariser (``keyword``, ``proposer``); DnD runs
+  through the describer registry (the toy world is a lower layer than the describers and
+  imports none of them).
 
 ``--json PATH`` writes the report as JSON.  The default sizes (1000 probe images, 300 backend
 images) run in a few minutes on two CPU cores.
