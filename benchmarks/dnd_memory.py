@@ -155,7 +155,24 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         chunk = "0 (all at once)" if r["units_per_batch"] == 0 else str(r["units_per_batch"])
         lines.append(f"| {r['units']} | {chunk} | {r['rss_before_mb']:.0f} | {r['peak_mb']:.0f} | "
                      f"{growth:.0f} | {r['generated']} | {r['seconds']:.0f} |")
+    lines += ["", *reading(rows)]
     return "\n".join(lines) + "\n"
+
+
+def reading(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per ``units_per_batch``: DnD's growth at the most units against the fewest."""
+    out = []
+    for per_batch in dict.fromkeys(r["units_per_batch"] for r in rows):
+        runs = sorted((r for r in rows if r["units_per_batch"] == per_batch),
+                      key=lambda r: r["units"])
+        if len(runs) < 2:
+            continue
+        lo, hi = runs[0], runs[-1]
+        grow = [r["peak_mb"] - r["rss_before_mb"] for r in (lo, hi)]
+        out.append(f"- units_per_batch={per_batch}: {hi['units'] / lo['units']:.0f}x the units, "
+                   f"DnD's growth {grow[0]:.0f} MB -> {grow[1]:.0f} MB "
+                   f"({grow[1] - grow[0]:+.0f} MB).")
+    return out
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

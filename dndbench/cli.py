@@ -17,6 +17,7 @@ import dataclasses
 import importlib
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -109,6 +110,10 @@ def remove_partial_run(started: float) -> None:
         pass
 
 
+#: OmegaConf's unformatted message templates ("Value '$VALUE' of type '$VALUE_TYPE' ...")
+_TEMPLATE = re.compile(r"\$(VALUE|VALUE_TYPE|KEY|FULL_KEY|OBJECT_TYPE|REF_TYPE|PARENT)\b")
+
+
 def one_line(exc: BaseException) -> str:
     """Condense a Hydra/OmegaConf exception chain into one readable line."""
     messages: list[str] = []
@@ -116,7 +121,7 @@ def one_line(exc: BaseException) -> str:
         text = str(exc).strip().splitlines()
         first = text[0].rstrip(".") if text else ""
         # OmegaConf chains its formatted message to the raw template ("Value '$VALUE' ...")
-        if first and "$" not in first and not any(first in m for m in messages):
+        if first and not _TEMPLATE.search(first) and not any(first in m for m in messages):
             messages.append(first)
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
     return ": ".join(messages[:3]) or "invalid configuration"

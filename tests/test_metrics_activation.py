@@ -502,3 +502,15 @@ def check_planted(ctx: Context, planted: dict[int, str]) -> None:
 @pytest.mark.slow
 def test_planted_units_oracle_beats_shuffled_and_constant(tmp_path: Path) -> None:
     check_planted(*planted_context(tmp_path / "cache"))
+
+
+def test_default_run_describes_on_one_half_and_scores_on_the_other() -> None:
+    from hydra import compose, initialize_config_module
+
+    from dndbench.config import register_configs, to_run_spec
+
+    register_configs()
+    with initialize_config_module("dndbench.conf", version_base="1.3"):
+        cfg = compose("config", overrides=[])
+    spec = to_run_spec(cfg, [])
+    assert isinstance(spec.probe, ProbeConfig) and spec.probe.split == "describe"
