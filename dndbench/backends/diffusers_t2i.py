@@ -77,8 +77,8 @@ class StableDiffusionConfig(HubConfig):
     lora_scale: float = 1.0
 
 
-#: the SD v1-5 weights on the Hugging Face hub (moved from ``runwayml/stable-diffusion-v1-5``,
-#: which the DnD README names and which no longer exists)
+#: the SD v1-5 weights on the Hugging Face hub (the repository moved here from
+#: ``runwayml/stable-diffusion-v1-5``, the id the DnD README names)
 SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 
