@@ -514,3 +514,6 @@ def test_default_run_describes_on_one_half_and_scores_on_the_other() -> None:
         cfg = compose("config", overrides=[])
     spec = to_run_spec(cfg, [])
     assert isinstance(spec.probe, ProbeConfig) and spec.probe.split == "describe"
+    with initialize_config_module("dndbench.conf", version_base="1.3"):
+        real = compose("config", overrides=["model=resnet50"])
+    assert real.probe.split == "all"  # the real track keeps the paper's whole probe
