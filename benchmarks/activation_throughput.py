@@ -178,7 +178,11 @@ def run_child(args: argparse.Namespace, mode: str, size: int) -> dict[str, Any]:
            "--sizes", str(size)] + ([] if args.threads is None else ["--threads", str(args.threads)])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env,
                          cwd=tempfile.gettempdir() if mode.endswith("before") else None)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    if mode.endswith("before") and not Path(result["package"]).is_relative_to(
+            args.before.resolve()):
+        raise SystemExit(f"--before {args.before}: the child imported {result['package']}")
+    return result
 
 
 def interleaved(args: argparse.Namespace, size: int,
