@@ -1,5 +1,7 @@
-"""Crash safety: a killed describer resumes after the chunks it stored; a run directory killed
-while being written is marked incomplete and skipped by ``leaderboard``."""
+"""Crash safety, in-process: a killed describer resumes after the chunks it stored; a run
+directory killed while being written is marked incomplete and skipped by ``leaderboard``.  The
+kill here is an exception nothing catches; tests/test_kill.py kills whole jobs with SIGKILL and
+tests/test_training_checkpoint.py covers trainings (docs/reliability.md, "Killed jobs")."""
 from __future__ import annotations
 
 import pandas as pd

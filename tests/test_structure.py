@@ -18,6 +18,7 @@ LOWER = {
     "cache": {"errors"},
     "hooks": {"errors"},
     "downloads": {"errors"},
+    "training_checkpoint": {"cache", "errors"},
     "activations": {"cache", "errors", "hooks"},
     "neurons": {"cache", "errors"},
     "geometry": set(),

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from dndbench.cache import atomic_path, default_cache_dir, stable_hash
+from dndbench.training_checkpoint import CHECKPOINT_NAME, TrainingCheckpoint, remove_checkpoints
 from dndbench.toyworld.world import CATEGORIES, GENERATOR_VERSION, SceneSpec
 
 #: bump whenever a change of the network, the captions or training alters the trained weights
@@ -132,7 +133,10 @@ def _fixed_tokens() -> list[list[int]]:
 
 
 def _train_network(config: BackendTrainConfig, images: np.ndarray, specs: list[SceneSpec],
-                   progress: bool) -> Any:
+                   progress: bool, out: Path | None = None) -> Any:
+    """Train the toy backends; with ``out``, a checkpoint saved there after every epoch lets a
+    killed training resume with the same final weights (:mod:`dndbench.training_checkpoint`;
+    each epoch's caption sampler is re-seeded from the epoch, so it needs no saved state)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -147,10 +151,15 @@ def _train_network(config: BackendTrainConfig, images: np.ndarray, specs: list[S
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=max(
         1, config.epochs * steps), pct_start=0.2)
     order_gen = torch.Generator().manual_seed(config.seed)
+    checkpoint = None if out is None else TrainingCheckpoint(
+        out / CHECKPOINT_NAME, training_key(config), modules={"model": model},
+        optimizers={"opt": opt}, schedulers={"sched": sched}, generators={"order": order_gen})
+    resumed = checkpoint.resume() if checkpoint is not None else None
+    first = resumed.epoch if resumed is not None else 0
     bar = tqdm(total=config.epochs * steps, desc="training toy backends", disable=not progress,
-               mininterval=2.0)
+               mininterval=2.0, initial=first * steps)
     model.train()
-    for epoch in range(config.epochs):
+    for epoch in range(first, config.epochs):
         rng = np.random.default_rng([config.seed, epoch])
         captions = _caption_tokens(specs, rng, config.unk_prob)
         order = torch.randperm(len(specs), generator=order_gen)
@@ -167,6 +176,8 @@ def _train_network(config: BackendTrainConfig, images: np.ndarray, specs: list[S
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, **{k: f"{v.item():.2f}" for k, v in parts.items()},
                             refresh=False)
+        if checkpoint is not None:
+            checkpoint.save(epoch + 1)
     bar.close()
     model.eval()
     return model
@@ -256,7 +267,7 @@ def train(config: BackendTrainConfig, out: Path | str, progress: bool = True,
         test_images, test_specs = _data(stream + 1, config.test_images, workers)
         generated = time.perf_counter()
         with torch.enable_grad():  # also when called inside a caller's no_grad block
-            model = _train_network(config, train_images, train_specs, progress)
+            model = _train_network(config, train_images, train_specs, progress, out)
         trained = time.perf_counter()
         report = evaluate(model, test_images, test_specs)
     finally:
@@ -271,6 +282,7 @@ def train(config: BackendTrainConfig, out: Path | str, progress: bool = True,
         torch.save(model.state_dict(), tmp)
     with atomic_path(out / "meta.json") as tmp:
         tmp.write_text(json.dumps(meta, indent=2))
+    remove_checkpoints(out)
     return meta
 
 

@@ -25,6 +25,7 @@ from dndbench.cache import atomic_path, default_cache_dir, stable_hash
 from dndbench.hooks import record_outputs
 from dndbench.toyworld.render import REFERENCE_SIZE, concept_mask, generate
 from dndbench.toyworld.world import GENERATOR_VERSION, SHAPES, all_concepts
+from dndbench.training_checkpoint import CHECKPOINT_NAME, TrainingCheckpoint, remove_checkpoints
 
 #: bump whenever a change of the network or of training alters the trained weights
 TOYNET_VERSION = "toynet-v1"
@@ -155,7 +156,11 @@ def _aux_loss(outputs: dict[str, Any], targets: dict[str, Any], units: dict[str,
     return torch.cat(losses).mean()
 
 
-def _train_network(config: TrainConfig, data: ToyData, progress: bool) -> Any:
+def _train_network(config: TrainConfig, data: ToyData, progress: bool,
+                   out_dir: Path | None = None) -> Any:
+    """Train ToyNet on ``data``; with ``out_dir``, a checkpoint saved there after every epoch
+    lets a killed training resume where it stopped, with the same final weights
+    (:mod:`dndbench.training_checkpoint`)."""
     import torch
     import torch.nn.functional as F
     from tqdm.auto import tqdm
@@ -173,11 +178,16 @@ def _train_network(config: TrainConfig, data: ToyData, progress: bool) -> Any:
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=max(
         1, config.epochs * steps_per_epoch), pct_start=0.2)
     order_gen = torch.Generator().manual_seed(config.seed)
+    checkpoint = None if out_dir is None else TrainingCheckpoint(
+        out_dir / CHECKPOINT_NAME, training_key(config), modules={"net": net},
+        optimizers={"opt": opt}, schedulers={"sched": sched}, generators={"order": order_gen})
+    resumed = checkpoint.resume() if checkpoint is not None else None
+    first = resumed.epoch if resumed is not None else 0
     net.train()
     bar = tqdm(total=config.epochs * steps_per_epoch, desc="training toynet", disable=not progress,
-               mininterval=2.0)
+               mininterval=2.0, initial=first * steps_per_epoch)
     with record_outputs(net, list(units)) as outputs:
-        for epoch in range(config.epochs):
+        for epoch in range(first, config.epochs):
             order = torch.randperm(len(labels), generator=order_gen)
             for step in range(steps_per_epoch):
                 idx = order[step * config.batch_size:(step + 1) * config.batch_size]
@@ -192,6 +202,8 @@ def _train_network(config: TrainConfig, data: ToyData, progress: bool) -> Any:
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, ce=f"{ce.item():.3f}", aux=f"{aux.item():.3f}",
                                 refresh=False)
+            if checkpoint is not None:
+                checkpoint.save(epoch + 1)
     bar.close()
     net.eval()
     return net
@@ -286,7 +298,7 @@ def train(config: TrainConfig, out_dir: Path | str, progress: bool = True,
         train_data = make_data(stream, config.train_images, planted, workers)
         test_data = make_data(stream + 1, config.test_images, planted, workers)
         generated = time.perf_counter()
-        net = _train_network(config, train_data, progress)
+        net = _train_network(config, train_data, progress, out_dir)
         trained = time.perf_counter()
         report = evaluate(net, config, test_data)
     finally:
@@ -307,6 +319,7 @@ def train(config: TrainConfig, out_dir: Path | str, progress: bool = True,
         torch.save(net.state_dict(), tmp)
     with atomic_path(out_dir / "meta.json") as tmp:
         tmp.write_text(json.dumps(meta, indent=2))
+    remove_checkpoints(out_dir)
     return meta
 
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from dndbench.cache import Cache, atomic_path, stable_hash
 from dndbench.toyworld.target_model import ToyNetConfig, ToyNetModel
+from dndbench.training_checkpoint import remove_checkpoints
 
 if TYPE_CHECKING:
     import torch
@@ -143,9 +144,16 @@ def lm_loss(milan: "Milan", tokens: "torch.Tensor") -> "torch.Tensor":
 
 # -- fitting ---------------------------------------------------------------------------------------
 def fit(milan: "Milan", feats: "torch.Tensor", units: Sequence["AnnotatedUnit"],
-        rows: Sequence[int], config: FitConfig, held_out: Sequence[int] = ()) -> dict[str, Any]:
-    """Train the captioner and the language model on ``rows``; per-epoch losses in the history."""
+        rows: Sequence[int], config: FitConfig, held_out: Sequence[int] = (),
+        checkpoint: tuple[Path, str] | None = None) -> dict[str, Any]:
+    """Train the captioner and the language model on ``rows``; per-epoch losses in the history.
+
+    ``checkpoint`` (file, key): save the loop's state there after every epoch and resume from
+    it when present (:mod:`dndbench.training_checkpoint`); the caller removes it once the
+    weights are written."""
     import torch
+
+    from dndbench.training_checkpoint import TrainingCheckpoint
 
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
@@ -153,8 +161,17 @@ def fit(milan: "Milan", feats: "torch.Tensor", units: Sequence["AnnotatedUnit"],
     opt_c = torch.optim.AdamW(milan.decoder.parameters(), lr=config.lr)
     opt_l = torch.optim.AdamW(milan.lm.parameters(), lr=config.lr)
     history: dict[str, list[float]] = {"train_loss": [], "lm_loss": [], "held_out_loss": []}
+    ckpt = None if checkpoint is None else TrainingCheckpoint(
+        checkpoint[0], stable_hash("milan-fit/v1", checkpoint[1], asdict(config), pairs,
+                                   list(held_out)),
+        modules={"decoder": milan.decoder, "lm": milan.lm},
+        optimizers={"captioner": opt_c, "lm": opt_l}, generators={"order": gen})
+    resumed = ckpt.resume() if ckpt is not None else None
+    first = resumed.epoch if resumed is not None else 0
+    if resumed is not None:
+        history = resumed.extra["history"]
     milan.train()
-    for epoch in range(max(config.epochs, config.lm_epochs)):
+    for epoch in range(first, max(config.epochs, config.lm_epochs)):
         order = torch.randperm(len(pairs), generator=gen).tolist()
         c_total = l_total = 0.0
         for start in range(0, len(order), config.batch_size):
@@ -177,6 +194,8 @@ def fit(milan: "Milan", feats: "torch.Tensor", units: Sequence["AnnotatedUnit"],
         if held_out:
             history["held_out_loss"].append(held_out_loss(milan, feats, units, held_out, config))
             milan.train()
+        if ckpt is not None:
+            ckpt.save(epoch + 1, extra={"history": history})
     milan.eval()
     return history
 
@@ -242,9 +261,13 @@ def evaluate(milan: "Milan", feats: "torch.Tensor", units: Sequence["AnnotatedUn
 
 # -- the whole job ---------------------------------------------------------------------------------
 def train_on_units(units: Sequence["AnnotatedUnit"], spec: "EncoderSpec", backbone: Any,
-                   sizes: "Sizes", config: FitConfig, progress: bool = True) -> "Milan":
+                   sizes: "Sizes", config: FitConfig, progress: bool = True,
+                   checkpoint_dir: Path | None = None, checkpoint_key: str = "") -> "Milan":
     """Vocabulary, features, held-out evaluation and (with ``refit``) a final fit on every unit;
-    the report is in ``milan.meta``."""
+    the report is in ``milan.meta``.  With ``checkpoint_dir``, each fit saves its state there
+    after every epoch (``checkpoint.pt``, ``checkpoint-refit.pt``; ``checkpoint_key``: the hash
+    of what determines the training) and a killed training resumes; the caller deletes them
+    (:func:`~dndbench.training_checkpoint.remove_checkpoints`) once the weights are saved."""
     import torch
 
     from dndbench.describers.milan.model import Milan
@@ -260,7 +283,10 @@ def train_on_units(units: Sequence["AnnotatedUnit"], spec: "EncoderSpec", backbo
         feats = featurize(milan, units)
         train_rows, held = split_units(len(units), config.hold_out, config.seed)
         initial = _fresh_state(milan)
-        history = fit(milan, feats, units, train_rows, config, held)
+        sites = {phase: None if checkpoint_dir is None else
+                 (Path(checkpoint_dir) / name, checkpoint_key)
+                 for phase, name in (("fit", "checkpoint.pt"), ("refit", "checkpoint-refit.pt"))}
+        history = fit(milan, feats, units, train_rows, config, held, checkpoint=sites["fit"])
         report: dict[str, Any] = {"units": len(units), "train_units": len(train_rows),
                                   "held_out_units": len(held), "history": history,
                                   "held_out": evaluate(milan, feats, units, held)}
@@ -268,7 +294,8 @@ def train_on_units(units: Sequence["AnnotatedUnit"], spec: "EncoderSpec", backbo
             print(format_report(report), file=sys.stderr)
         if config.refit and held:
             milan.load_state_dict(initial)
-            report["refit_history"] = fit(milan, feats, units, list(range(len(units))), config)
+            report["refit_history"] = fit(milan, feats, units, list(range(len(units))), config,
+                                          checkpoint=sites["refit"])
     finally:
         torch.use_deterministic_algorithms(was)
     report["seconds"] = round(time.perf_counter() - started, 2)
@@ -340,12 +367,14 @@ def train_toy(config: ToyMilanConfig, out_dir: Path | str, cache: Cache,
     started = time.perf_counter()
     units = toy_annotation_set(config, cache, progress)
     spec, backbone = toy_encoder(config, cache, progress)
-    milan = train_on_units(units, spec, backbone, toy_sizes(config), config.fit, progress)
+    milan = train_on_units(units, spec, backbone, toy_sizes(config), config.fit, progress,
+                           checkpoint_dir=Path(out_dir), checkpoint_key=toy_key(config))
     sources = Counter(u.extras.get("source", "") for u in units)
     milan.meta.update({"key": toy_key(config), "config": asdict(config),
                        "annotations": dict(sources),
                        "seconds_total": round(time.perf_counter() - started, 2)})
     save(milan, Path(out_dir))
+    remove_checkpoints(out_dir)  # the weights are written: a rerun has nothing to resume
     return milan
 
 
