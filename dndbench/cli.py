@@ -244,6 +244,7 @@ def precheck(argv: list[str]) -> None:
     from hydra.core.global_hydra import GlobalHydra
 
     from dndbench.config import check_data, overlay_options, overlay_searchpath, to_run_spec
+    from dndbench.launchers import check_launcher
     from dndbench.preflight import check_job
     from dndbench.redact import refuse_secret_config, refuse_secrets
 
@@ -252,6 +253,7 @@ def precheck(argv: list[str]) -> None:
     with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
         parsed = parse_overrides(args.overrides, loader)
+        check_launcher(parsed, loader.get_group_options("hydra/launcher"))
         overrides = [o for o in parsed if not (o.is_hydra_override() or o.key_or_group == "hydra")]
         check_component_names(overrides, overlay_options(args.config_dir), loader)
         other_sweeper = args.multirun and any(o.key_or_group == "hydra/sweeper" for o in parsed)
@@ -354,6 +356,7 @@ def run_from_hydra(cfg: Any) -> None:
     from dndbench.cache import Cache
     from dndbench.config import check_data, to_run_spec
     from dndbench.pipeline import run_job, run_setting_label
+    from dndbench.plugins import load_plugins
     from dndbench.redact import guard_logging
     from dndbench.results.leaderboard import (
         leaderboard,
@@ -372,6 +375,9 @@ def run_from_hydra(cfg: Any) -> None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     mark_incomplete(run_dir)  # until every file is written (crash safety)
     overrides = list(hydra_cfg.overrides.task)
+    # a launcher's worker (joblib, submitit) is a new process: it loads the plugin files that
+    # the unpickled job did not import already (a no-op in the process that ran setup())
+    load_plugins(str(cfg.get("plugins_dir") or "") or None)
     spec = to_run_spec(cfg, overrides)
     for line in spec.warnings:
         log.warning(line)

@@ -25,11 +25,55 @@ class NeuronsConfig:
     that holds planted units (``all`` means the same with ``units=planted``).  ``units`` (applied
     to each layer): ``all``, ``first:K``, ``random:K`` (with ``seed``), ``planted`` (units with
     known concepts), a list of ids (``[0,5,9]`` or ``"0,5,9"``) or ``file:PATH`` (one id per
-    line)."""
+    line).  ``shard``: ``i/n`` describes only the i-th of n contiguous parts of each layer's
+    selection (:func:`shard_units`; empty: all of it); the tables keep the whole selection's
+    key and size, so ``leaderboard`` merges the n shards' runs into the whole set's table."""
 
     layer: Any = "final"
     units: Any = "all"
     seed: int = 0
+    shard: str = ""
+
+    def __post_init__(self) -> None:
+        parse_shard(self.shard)  # a bad value fails when the config is composed
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Part ``index`` (from 0) of ``count`` of a neuron selection."""
+
+    index: int
+    count: int
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def parse_shard(value: Any) -> Shard | None:
+    """``"i/n"`` as a :class:`Shard` (None for an empty value); ConfigError unless
+    ``0 <= i < n``."""
+    text = "" if value is None else str(value).strip()
+    if not text:
+        return None
+    how = "write neurons.shard=i/n with 0 <= i < n, e.g. neurons.shard=0/2 and neurons.shard=1/2"
+    index, slash, count = text.partition("/")
+    if not slash or not index.strip().isdigit() or not count.strip().isdigit():
+        raise ConfigError(f"neurons.shard={text!r} is not of the form i/n; {how}")
+    shard = Shard(int(index), int(count))
+    if shard.count < 1:
+        raise ConfigError(f"neurons.shard={text}: the number of shards must be at least 1; {how}")
+    if shard.index >= shard.count:
+        raise ConfigError(f"neurons.shard={text}: shard {shard.index} does not exist among "
+                          f"{shard.count} (they are numbered 0..{shard.count - 1}); {how}")
+    return shard
+
+
+def shard_units(units: tuple[int, ...], shard: Shard) -> tuple[int, ...]:
+    """The units of ``shard``: contiguous parts of ``units`` in their order, the first
+    ``len(units) % count`` parts one unit longer (as ``numpy.array_split``)."""
+    size, extra = divmod(len(units), shard.count)
+    start = shard.index * size + min(shard.index, extra)
+    return units[start:start + size + (shard.index < extra)]
 
 
 @dataclass(frozen=True)
@@ -40,15 +84,28 @@ class NeuronSet:
     layer: str
     units: tuple[int, ...]
     num_units_in_layer: int
+    #: with a shard: the part of ``full_units`` (the whole selection) that ``units`` are
+    shard: Shard | None = None
+    full_units: tuple[int, ...] = ()
 
     @property
     def key(self) -> str:
-        """Stable hash shared by every method compared on this set."""
-        return stable_hash("neurons/v1", self.model, self.layer, list(self.units))
+        """Stable hash shared by every method compared on this set; a shard has the key of
+        the whole selection, so the tables of its shards merge into the whole set's."""
+        units = self.full_units if self.shard is not None else self.units
+        return stable_hash("neurons/v1", self.model, self.layer, list(units))
+
+    @property
+    def size(self) -> int:
+        """The number of units of the whole selection (of every shard together)."""
+        return len(self.full_units) if self.shard is not None else len(self.units)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "layer": self.layer, "units": list(self.units),
-                "num_units_in_layer": self.num_units_in_layer, "key": self.key}
+        out = {"model": self.model, "layer": self.layer, "units": list(self.units),
+               "num_units_in_layer": self.num_units_in_layer, "key": self.key}
+        if self.shard is not None:
+            out.update(shard=str(self.shard), full_size=self.size)
+        return out
 
 
 def _parse_ids(values: Any, source: str) -> list[int]:
@@ -144,7 +201,16 @@ def neuron_set(model: "TargetModel", layer: str, config: NeuronsConfig) -> Neuro
                           f"{model.config.name!r}, which has units 0..{n - 1}")
     if not units:
         raise ConfigError("the neuron selection is empty")
-    return NeuronSet(model.config.name, layer, tuple(dict.fromkeys(units)), n)
+    selected = tuple(dict.fromkeys(units))
+    shard = parse_shard(config.shard)
+    if shard is None:
+        return NeuronSet(model.config.name, layer, selected, n)
+    if shard.count > len(selected):
+        raise ConfigError(f"neurons.shard={shard}: layer {layer!r} has {len(selected)} selected "
+                          f"units, too few for {shard.count} shards; use at most "
+                          f"{len(selected)} shards")
+    return NeuronSet(model.config.name, layer, shard_units(selected, shard), n, shard=shard,
+                     full_units=selected)
 
 
 def resolve_neuron_sets(model: "TargetModel", config: NeuronsConfig) -> list[NeuronSet]:

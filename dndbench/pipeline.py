@@ -284,6 +284,9 @@ def _describe_layer(spec: RunSpec, ctx: Context, neurons: NeuronSet,
         scores = [m.score(frame, ctx) for m in metrics]
         scores_frame = (pd.concat(scores, ignore_index=True) if scores
                         else pd.DataFrame(columns=["unit", "metric", "value"]))
+        kinds = planted_kinds(ctx)
+        if kinds:
+            scores_frame["kind"] = scores_frame["unit"].map(kinds)
         suffix = setting if len(result.neuron_sets) == 1 else f"{neurons.layer}/{setting}"
         result.timings[f"describe/{suffix}"] = seconds
         result.timings[f"score/{suffix}"] = time.perf_counter() - t
@@ -293,6 +296,19 @@ def _describe_layer(spec: RunSpec, ctx: Context, neurons: NeuronSet,
                                         cost=cost, counters=counters,
                                         missing_reasons={u: failures.get(u, "no description")
                                                          for u in missing}))
+
+
+def planted_kinds(ctx: Context) -> dict[int, str]:
+    """Unit -> kind of its planted concept (single, compositional, polysemantic,
+    open-vocabulary; :func:`dndbench.toyworld.world_report.concept_kind`) for the context's
+    layer; empty when the model plants nothing there.  Written as the scores' ``kind`` column,
+    so leaderboards can break planted units down by kind."""
+    planted = ctx.model.planted_concepts(ctx.layer)
+    if not planted:
+        return {}
+    from dndbench.toyworld.world_report import concept_kind
+
+    return {unit: concept_kind(concept) for unit, concept in planted.items()}
 
 
 def quiet_library_bars() -> None:

@@ -83,6 +83,16 @@ def _choice(cls: type[Choice], value: Any, config: ComponentConfig, option: str)
 
 T = TypeVar("T")
 
+#: the package plugin files are imported under (:mod:`dndbench.plugins`): their classes are the
+#: user's, although their module names start with ``dndbench.``
+PLUGIN_PACKAGE = "dndbench.plugins"
+
+
+def is_builtin_module(name: str) -> bool:
+    """Whether the module ``name`` is part of dndbench itself (not a plugin file's module)."""
+    return ((name == "dndbench" or name.startswith("dndbench."))
+            and not name.startswith(PLUGIN_PACKAGE + "."))
+
 _ORIGIN = ["builtin"]  # where components registered right now come from (see registration_origin)
 
 
@@ -137,7 +147,7 @@ class Entry(Generic[T]):
             return bool(getattr(self.cls, "in_default_suite", False))
         for klass in self.cls.__mro__:
             if "in_default_suite" in vars(klass):
-                own = not (klass.__module__ == "dndbench" or klass.__module__.startswith("dndbench."))
+                own = not is_builtin_module(klass.__module__)
                 return own and bool(vars(klass)["in_default_suite"])
         return False
 

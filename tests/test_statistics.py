@@ -275,3 +275,24 @@ def test_setting_names_are_escaped_in_the_table() -> None:
     row = next(line for line in to_markdown(table).splitlines() if "a\\|b" in line)
     assert row.startswith("| 1 | a\\|b&lt;i&gt; | 1.500 |")
     assert row.replace("\\|", "").count("|") == 8  # 7 cells: the name added no column
+
+
+def test_planted_units_get_a_pooled_group_per_kind_of_concept() -> None:
+    kinds = {"layer2": ["single", "polysemantic", "single"], "layer3": ["open-vocabulary", "single"]}
+    table = leaderboard(pd.concat([
+        scores(s, values, layer=layer, kind=kinds[layer])
+        for s, per_layer in (("a", {"layer2": [1.0, 0.0, 1.0], "layer3": [0.0, 1.0]}),
+                             ("b", {"layer2": [0.0, 1.0, 0.0], "layer3": [1.0, 0.0]}))
+        for layer, values in per_layer.items()], ignore_index=True))
+    by_kind = table[table.layer.str.startswith(ALL_LAYERS + ", ")].set_index(["layer", "setting"])
+    assert sorted(set(by_kind.index.get_level_values(0))) == [
+        f"{ALL_LAYERS}, open-vocabulary", f"{ALL_LAYERS}, polysemantic", f"{ALL_LAYERS}, single"]
+    single = by_kind.loc[f"{ALL_LAYERS}, single"]
+    assert single.loc["a", "n"] == 3 and single.loc["a", "mean"] == pytest.approx(1.0)
+    assert single.loc["b", "mean"] == pytest.approx(0.0)
+    assert by_kind.loc[(f"{ALL_LAYERS}, polysemantic", "b"), "mean"] == 1.0
+    assert by_kind.loc[(f"{ALL_LAYERS}, open-vocabulary", "a"), "coverage"] == 1.0
+    # the ordinary pooled group still counts every unit once
+    pooled = table[table.layer == ALL_LAYERS].set_index("setting")
+    assert pooled.loc["a", "n"] == 5
+    assert "planted units of kind single" in to_markdown(table)

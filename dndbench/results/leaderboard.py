@@ -15,6 +15,15 @@ how each setting stands against the group's best method: ``best``, ``<`` (signif
 metric's chance level, averaged over the units scored).  A run directory's ``costs.csv`` adds its
 per-unit cost columns (``seconds_per_unit``, ``<kind>_per_unit``) by (setting, layer).
 
+**Shards.**  Runs of one neuron set split across jobs (``neurons.shard=i/n``) carry the whole
+set's key and size and a ``shard`` column, so their rows fall into the whole set's group and
+``coverage`` is over the whole set; a ``shards`` column (``2 of 2``, or ``1 of 2, missing 1``)
+says which parts were found, and the command warns when one is missing.  Shards that overlap
+(the same unit twice) or were cut into different numbers of parts are a DataError; so is a
+shard beside an unsharded run of the same setting.  Their costs are summed over the shards.
+Each setting's values are taken in unit order, so the intervals do not depend on the order in
+which runs were read (docs/cluster.md).
+
 Outputs beside ``PREFIX.md`` / ``PREFIX.csv``: the long table of every pair (``pairs.csv``) and
 Kendall's τ between metrics' rankings (``metric_agreement.csv``); with a prefix other than
 ``leaderboard`` these are ``PREFIX_pairs.csv`` and ``PREFIX_metric_agreement.csv``.
@@ -40,6 +49,7 @@ from dndbench.results.statistics import (
     bootstrap_ci,
     kendall_agreement,
     paired_comparisons,
+    pool_kinds,
     pool_layers,
 )
 
@@ -51,6 +61,8 @@ __all__ = ["ALL_LAYERS", "GROUP", "N_BOOT", "bootstrap_ci", "find_score_tables",
            "to_markdown", "write_leaderboard"]
 
 GROUP = ["model", "layer", "neuron_set", "probe", "metric"]
+#: the scores' column naming a shard's part of the neuron set (``i/n``; empty: the whole set)
+SHARD = "shard"
 #: the ``role`` of a setting when the scores table says nothing
 METHOD = "method"
 AGREEMENT_BY = ["model", "layer", "neuron_set", "probe"]
@@ -105,6 +117,7 @@ def load_scores(paths: Iterable[Path]) -> "pd.DataFrame":
     if not frames:
         raise DataError("the score tables found are all empty")
     scores = pd.concat(frames, ignore_index=True)
+    check_shards(scores)
     check_one_run_per_label(scores)
     return scores
 
@@ -134,16 +147,102 @@ def check_one_run_per_label(scores: "pd.DataFrame") -> None:
     mine = rows[ident == clashes.index[0]]
     where = mine.iloc[0]
     both = sorted(mine["run"].unique())
+    if SHARD in mine and mine[SHARD].notna().any():
+        parts = {str(r): _shard_text(mine[mine["run"] == r][SHARD].iloc[0]) for r in both}
+        raise DataError(f"setting {where['setting']!r} has unit {where['unit']} of "
+                        f"{where['model']}.{where['layer']} ({where['metric']}) twice: in "
+                        f"{parts[both[0]]} ({both[0]}) and in {parts[both[1]]} ({both[1]}); "
+                        f"the shards of one neuron set must not overlap, so pass each shard's "
+                        f"run once (and no unsharded run of the same setting)")
     raise DataError(f"setting {where['setting']!r} has scores from two runs for "
                     f"{where['model']}.{where['layer']} ({where['metric']}, neuron set "
                     f"{str(where['neuron_set'])[:8]}): {both[0]} and {both[1]}; pass only one "
                     f"of them, or rerun one with describer.label_as=NAME to keep both")
 
 
+def _shard_text(value: Any) -> str:
+    return "the whole set" if _missing(value) else f"shard {value}"
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value)) or str(value) == ""
+
+
+def _shard_parts(values: Iterable[Any]) -> tuple[set[int], set[int]]:
+    """``(indices, counts)`` of the ``i/n`` shard values given (empty values skipped)."""
+    indices, counts = set(), set()
+    for value in values:
+        if _missing(value):
+            continue
+        index, _, count = str(value).partition("/")
+        try:
+            indices.add(int(index))
+            counts.add(int(count))
+        except ValueError:
+            raise DataError(f"shard {value!r} in a scores table is not of the form i/n; was "
+                            f"the table edited by hand?") from None
+    return indices, counts
+
+
+def check_shards(scores: "pd.DataFrame") -> None:
+    """Raise a DataError when the shards of one setting's neuron set were cut into different
+    numbers of parts (``neurons.shard=0/2`` beside ``neurons.shard=1/3``)."""
+    if SHARD not in scores or not scores[SHARD].notna().any():
+        return
+    sharded = scores[scores[SHARD].notna()]
+    for key, rows in sharded.groupby(GROUP + ["setting"], sort=True, dropna=False):
+        _, counts = _shard_parts(rows[SHARD].unique())
+        if len(counts) > 1:
+            where = dict(zip(GROUP + ["setting"], key))
+            runs = sorted(rows["run"].unique())
+            raise DataError(f"setting {where['setting']!r} on {where['model']}.{where['layer']} "
+                            f"has shards of a split into {' and '.join(map(str, sorted(counts)))} "
+                            f"parts ({', '.join(runs)}); merge the shards of one split "
+                            f"(neurons.shard=i/n with the same n)")
+
+
+def shard_status(rows: "pd.DataFrame") -> str:
+    """``"2 of 2"`` when every shard of a setting's rows is present, ``"1 of 2, missing 1"``
+    when some are not (shard 1/2 here), ``""`` for rows of an unsharded run."""
+    if SHARD not in rows or not rows[SHARD].notna().any():
+        return ""
+    indices, counts = _shard_parts(rows[SHARD].unique())
+    count = max(counts)
+    missing = sorted(set(range(count)) - indices)
+    text = f"{len(indices)} of {count}"
+    return f"{text}, missing {', '.join(map(str, missing))}" if missing else text
+
+
+def incomplete_shards(table: "pd.DataFrame") -> list[str]:
+    """One line per leaderboard row whose setting lacks shards of its neuron set."""
+    if "shards" not in table:
+        return []
+    rows = table[table["shards"].astype(str).str.contains("missing", na=False)]
+    return [f"{row['setting']} on {row['model']}.{row['layer']} ({row['metric']}): shards "
+            f"{row['shards']}; coverage {row['coverage']:.0%} of the neuron set"
+            for row in rows.to_dict("records")]
+
+
+def _merge_shard_costs(rows: "pd.DataFrame") -> dict[str, Any]:
+    """One cost row for the shards of one (setting, layer): totals summed, per-unit figures
+    weighted by each shard's units."""
+    units = rows["units"].astype(float)
+    total = max(float(units.sum()), 1.0)
+    out: dict[str, Any] = {c: rows[c].iloc[0] for c in rows.columns
+                           if not str(c).endswith("_per_unit")}
+    out.update(units=int(units.sum()), seconds=float(rows["seconds"].astype(float).sum()))
+    for column in [c for c in rows.columns if str(c).endswith("_per_unit")]:
+        values = rows[column].astype(float)
+        out[column] = (float((values * units).sum()) / total if values.notna().all()
+                       else float("nan"))
+    return out
+
+
 def load_costs(paths: Iterable[Path]) -> "pd.DataFrame | None":
     """The ``costs.csv`` tables at or below the given paths, concatenated; None if there are none.
 
-    Later runs win for the same (setting, layer).
+    Later runs win for the same (setting, layer); the rows of different shards of one
+    (setting, layer) are combined (:func:`_merge_shard_costs`).
     """
     import pandas as pd
 
@@ -159,12 +258,20 @@ def load_costs(paths: Iterable[Path]) -> "pd.DataFrame | None":
     if not frames:
         return None
     costs = pd.concat(frames, ignore_index=True)
+    if SHARD in costs:
+        costs = costs.drop_duplicates(subset=["setting", "layer", SHARD], keep="last")
+        merged = [_merge_shard_costs(rows) for _, rows in costs[costs[SHARD].notna()]
+                  .groupby(["setting", "layer"], sort=False)]
+        costs = pd.concat([costs[costs[SHARD].isna()], pd.DataFrame(merged)],
+                          ignore_index=True).drop(columns=SHARD)
     return costs.drop_duplicates(subset=["setting", "layer"], keep="last")
 
 
 def matched_groups(scores: "pd.DataFrame",
                    ) -> Iterator[tuple[dict[str, Any], "pd.DataFrame", tuple[str, ...]]]:
-    """``(key, scores, layers)`` of every matched group: per layer, then pooled, per model."""
+    """``(key, scores, layers)`` of every matched group: per layer, then pooled, then (where
+    the scores have a ``kind`` column: planted units) pooled per kind of planted concept
+    (layer ``all layers, <kind>``), per model."""
     items: list[tuple[str, int, dict[str, Any], "pd.DataFrame", tuple[str, ...]]] = []
     for key, group in scores.groupby(GROUP, sort=True, dropna=False):
         items.append((str(key[0]), 0, dict(zip(GROUP, key)), group, (str(key[1]),)))
@@ -174,6 +281,9 @@ def matched_groups(scores: "pd.DataFrame",
             pooled = pool_layers(group)
             items.append((str(key[0]), 1, dict(zip(GROUP, pooled[GROUP].iloc[0])), pooled,
                           layers))
+        for _, by_kind in pool_kinds(group):  # planted units, per kind of concept
+            items.append((str(key[0]), 2, dict(zip(GROUP, by_kind[GROUP].iloc[0])), by_kind,
+                          layers))
     items.sort(key=lambda item: (item[0], item[1]))  # stable: sorted order within each part
     for _, _, key_dict, group, layers in items:
         yield key_dict, group, layers
@@ -182,7 +292,9 @@ def matched_groups(scores: "pd.DataFrame",
 def _summarise_group(key: dict[str, Any], group: "pd.DataFrame", seed: int,
                      ) -> tuple[list[dict[str, Any]], "pd.DataFrame"]:
     """A group's leaderboard rows (best first) and its Holm-adjusted pairwise table."""
-    per_setting = {s: g.set_index("unit")["value"].astype(float).dropna()
+    # in unit order, so an interval does not depend on the order the rows were read in
+    # (the shards of a neuron set merge into the whole set's figures)
+    per_setting = {s: g.set_index("unit")["value"].astype(float).dropna().sort_index(kind="stable")
                    for s, g in group.groupby("setting", sort=True)}
     roles = ({str(s): str(r) for s, r in
               group["role"].fillna(METHOD).groupby(group["setting"]).first().items()}
@@ -215,6 +327,8 @@ def _summarise_group(key: dict[str, Any], group: "pd.DataFrame", seed: int,
         if "chance" in group:
             scored = mine[mine["value"].notna()]["chance"].astype(float)
             row["chance"] = float(scored.mean()) if scored.notna().any() else float("nan")
+        if SHARD in group and group[SHARD].notna().any():
+            row["shards"] = shard_status(mine)
         row.update({"vs_best": mark, "p_vs_best": p_adj})
         rows.append(row)
     return rows, pairs.assign(**key)[GROUP + list(pairs.columns)]
@@ -294,11 +408,16 @@ def _fmt(value: float, spec: str = ".3f") -> str:
 def _header(table: "pd.DataFrame", group: "pd.DataFrame") -> str:
     row = group.iloc[0]
     model, layer, probe, metric = (md_cell(row[c]) for c in ("model", "layer", "probe", "metric"))
+    if str(row["layer"]).startswith(ALL_LAYERS + ", "):
+        return (f"### {metric} — {model}, planted units of kind "
+                f"{md_cell(str(row['layer'])[len(ALL_LAYERS) + 2:])}, all layers pooled "
+                f"({group.n.max()} units; probe {probe})")
     if row["layer"] != ALL_LAYERS:
         return (f"### {metric} — {model}.{layer} ({group.n.max()} units, probe {probe}, "
                 f"neuron set {md_cell(str(row['neuron_set'])[:8])})")
     same = ((table.model == row["model"]) & (table.probe == row["probe"])
-            & (table.metric == row["metric"]) & (table.layer != ALL_LAYERS))
+            & (table.metric == row["metric"])
+            & ~table.layer.astype(str).str.startswith(ALL_LAYERS))
     layers = ", ".join(md_cell(x) for x in dict.fromkeys(table[same].layer))
     return (f"### {metric} — {model}, all layers pooled ({group.n.max()} units, each counted "
             f"once; layers {layers}; probe {probe})")
@@ -307,8 +426,11 @@ def _header(table: "pd.DataFrame", group: "pd.DataFrame") -> str:
 def _group_markdown(table: "pd.DataFrame", group: "pd.DataFrame") -> list[str]:
     has_role, has_chance = "role" in group, "chance" in group
     has_cost = "seconds_per_unit" in group
+    has_shards = "shards" in group and group["shards"].fillna("").astype(str).ne("").any()
     head = ["rank", "setting", "mean", "95% CI", "n", "coverage"]
     align = ["---:", "---", "---:", "---", "---:", "---:"]
+    if has_shards:
+        head, align = head + ["shards"], align + ["---"]
     if has_chance:
         head, align = head + ["chance"], align + ["---:"]
     if has_cost:
@@ -323,6 +445,9 @@ def _group_markdown(table: "pd.DataFrame", group: "pd.DataFrame") -> list[str]:
               else f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]")
         cells = [str(rank), setting, f"{row['mean']:.3f}", ci, str(row["n"]),
                  f"{row['coverage']:.0%}"]
+        if has_shards:
+            shards = row["shards"] if isinstance(row["shards"], str) else ""
+            cells.append(md_cell(shards or "whole set"))
         if has_chance:
             cells.append(_fmt(row["chance"]))
         if has_cost:
@@ -330,6 +455,9 @@ def _group_markdown(table: "pd.DataFrame", group: "pd.DataFrame") -> list[str]:
         lines.append(f"| {' | '.join(cells + [row['vs_best']])} |")
     k = len(group)
     best = "best method" if has_role else "best setting"
+    if has_shards and group["shards"].astype(str).str.contains("missing", na=False).any():
+        lines += ["", "**Incomplete:** shards of the neuron set are missing (column shards); "
+                      "coverage counts the whole set."]
     lines += ["", f"vs best: `<` / `>` significantly below / above the {best} (Wilcoxon "
               f"signed-rank on the units both scored, Holm-adjusted over the group's "
               f"{k * (k - 1) // 2} pairs, p < {ALPHA}); `=` not distinguishable."
@@ -408,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
     md, csv = write_leaderboard(table, args.out)
     chart = leaderboard_chart(table, args.out.with_suffix(".png"))
     print(to_markdown(table))
+    for line in incomplete_shards(table):
+        print(f"warning: incomplete shards: {line}", file=sys.stderr)
     written = [str(md), str(csv), str(chart)]
     if args.html:
         from dndbench.results.report import Standings, write_merged_report

@@ -113,11 +113,15 @@ def summarise(scores: "pd.DataFrame") -> dict[str, dict[str, float]]:
 
 
 def _ident(result: "JobResult", layer: str, model: str, probe: str) -> dict[str, Any]:
-    """The identifying columns of one layer's rows."""
+    """The identifying columns of one layer's rows; a shard's (``neurons.shard=i/n``) carry
+    the whole selection's key and size and, in ``shard``, which part they are."""
     sets = {n.layer: n for n in result.neuron_sets}
     neurons = sets.get(layer, result.neurons)
-    return {"model": model, "layer": neurons.layer, "probe": probe, "neuron_set": neurons.key,
-            "num_units": len(neurons.units)}
+    out: dict[str, Any] = {"model": model, "layer": neurons.layer, "probe": probe,
+                           "neuron_set": neurons.key, "num_units": neurons.size}
+    if neurons.shard is not None:
+        out["shard"] = str(neurons.shard)
+    return out
 
 
 def tables(result: "JobResult", model: str, probe: str) -> tuple["pd.DataFrame", "pd.DataFrame"]:
@@ -147,7 +151,11 @@ def costs_table(result: "JobResult") -> "pd.DataFrame":
 
     rows = [cost_row(run.setting, run.describer, run.layer, run.units, run.seconds, run.cost)
             for run in result.runs]
-    return pd.DataFrame(rows, columns=COST_COLUMNS)
+    frame = pd.DataFrame(rows, columns=COST_COLUMNS)
+    shards = {n.layer: str(n.shard) for n in result.neuron_sets if n.shard is not None}
+    if shards:  # which part of the selection each row's units are (see load_costs)
+        frame["shard"] = frame["layer"].map(shards)
+    return frame
 
 
 def pooled_costs(costs: "pd.DataFrame") -> dict[str, dict[str, Any]]:

@@ -129,6 +129,30 @@ def pool_layers(scores: "pd.DataFrame") -> "pd.DataFrame":
     return pooled.drop_duplicates(subset=["setting", "unit"], keep="last")
 
 
+#: the ``layer`` of a pooled group restricted to one kind of planted concept
+KIND_LAYERS = "all layers, {kind}"
+
+
+def pool_kinds(scores: "pd.DataFrame") -> list[tuple[str, "pd.DataFrame"]]:
+    """One pooled group per kind of planted concept (the scores' ``kind`` column, written for
+    units with a planted concept: single, compositional, polysemantic, open-vocabulary), over
+    every layer: like :func:`pool_layers`, but only the units of that kind; ``num_units`` is
+    the number of units of that kind found in the scores (any setting's).  Empty when the
+    scores have no kind."""
+    if "kind" not in scores or not scores["kind"].notna().any():
+        return []
+    out = []
+    for kind in sorted(str(k) for k in scores["kind"].dropna().unique()):
+        mine = scores[scores["kind"] == kind]
+        units = mine.drop_duplicates(subset=["layer", "unit"])
+        pooled = mine.assign(unit=mine["layer"].astype(str) + ":" + mine["unit"].astype(str),
+                             layer=KIND_LAYERS.format(kind=kind),
+                             neuron_set=_pooled_id(scores["neuron_set"].unique()) + f"-{kind}",
+                             num_units=len(units))
+        out.append((kind, pooled.drop_duplicates(subset=["setting", "unit"], keep="last")))
+    return out
+
+
 def kendall_tau(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
     """Kendall's τ-b and its p-value; NaN below two items or when one side is constant."""
     from scipy.stats import kendalltau

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from dndbench.cache import atomic_path, default_cache_dir, stable_hash
-from dndbench.training_checkpoint import CHECKPOINT_NAME, TrainingCheckpoint, remove_checkpoints
 from dndbench.toyworld.world import CATEGORIES, GENERATOR_VERSION, SceneSpec
+from dndbench.training_checkpoint import CHECKPOINT_NAME, TrainingCheckpoint, remove_checkpoints
 
 #: bump whenever a change of the network, the captions or training alters the trained weights
 BACKENDS_VERSION = "toy-backends-v1"
