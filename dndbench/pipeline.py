@@ -60,6 +60,12 @@ def setting_label(config: ComponentConfig) -> str:
     labels (see :func:`label_value`)."""
     label = str(getattr(config, "label_as", "") or "").strip()
     if label:
+        from dndbench.spreadsheet import neutralise_cell
+
+        if neutralise_cell(label) != label:  # scores.csv keeps labels raw: they are keys
+            raise ConfigError(f"{config.name}.label_as={label!r} starts with {label[0]!r}, which "
+                              f"spreadsheets run as a formula; start the label with a letter "
+                              f"or a digit")
         return label
     shown = tuple(getattr(config, "label_options", ()))
     name = config.name + "".join(f"[{label_value(getattr(config, o))}]" for o in shown)

@@ -35,6 +35,7 @@ DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 def check_job(spec: RunSpec) -> None:
     """Every check of the module docstring, in order."""
     check_ranges(spec)
+    check_labels(spec)
     check_devices(spec)
     check_cache(spec)
     check_environment(spec)
@@ -64,6 +65,19 @@ def check_ranges(spec: RunSpec) -> None:
             if value < low or (f.name in STRICT and value <= low):
                 bound = f"greater than {low}" if f.name in STRICT else f"at least {low}"
                 raise ConfigError(f"{prefix}{f.name}={value}: must be {bound}")
+
+
+def check_labels(spec: RunSpec) -> None:
+    """A ``label_as`` a spreadsheet would run as a formula is refused before anything runs
+    (labels are keys the leaderboard reads back, so they cannot be neutralised)."""
+    from dndbench.spreadsheet import neutralise_cell
+
+    for config in spec.describers:
+        label = str(getattr(config, "label_as", "") or "").strip()
+        if label and neutralise_cell(label) != label:
+            raise ConfigError(f"{config.name}.label_as={label!r} starts with {label[0]!r}, which "
+                              f"spreadsheets run as a formula; start the label with a letter "
+                              f"or a digit")
 
 
 def check_devices(spec: RunSpec) -> None:

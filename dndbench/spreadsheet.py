@@ -6,7 +6,9 @@ Excel, LibreOffice and Google Sheets run as a formula: "CSV injection") is writt
 leading apostrophe (``=HYPERLINK(...)`` -> ``'=HYPERLINK(...)``); so the rule can be undone, a
 text that already starts with an apostrophe gets one more.  Cells that are numbers (``-0.5``,
 ``+1``) are left alone.  :func:`read_descriptions` undoes the rule, or reads the parquet copy a
-run writes beside its ``descriptions.csv``, which keeps the exact text.
+run writes beside its ``descriptions.csv``, which keeps the exact text.  Setting labels are
+keys that ``leaderboard`` reads back from ``scores.csv``, so they are not neutralised: a
+``describer.label_as`` that would start a formula is refused before the job runs.
 """
 from __future__ import annotations
 

@@ -62,6 +62,8 @@ CASES = [
     # -- unknown names, in every config group: close matches and the choices ------------------
     bad("unknown-describer", "describer=dnx",
         r"unknown describer 'dnx'.*'dnd'.*Available: .*netdissect", subprocess=True),
+    bad("formula-label", "describer=constant describer.label_as=@SUM",
+        r"label_as='@SUM' starts with '@'.*start the label with a letter"),
     bad("unknown-model", "model=toynte", r"unknown model 'toynte'.*'toynet'.*Available:"),
     bad("unknown-probe", "probe=toywrld", r"unknown probe 'toywrld'.*'toyworld'"),
     bad("unknown-metric", "metric=final_layer_simlarity", r"unknown metric.*'final_layer_similarity'"),

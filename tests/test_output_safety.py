@@ -110,3 +110,14 @@ def test_files_get_the_users_umask(run_dir: Path) -> None:
     modes = {str(p.relative_to(run_dir.parent)): oct(stat.S_IMODE(p.stat().st_mode))
              for p in files}
     assert {m for m in modes.values()} == {"0o664"}, modes
+
+
+@pytest.mark.parametrize("label", ["=HYPERLINK(\"x\")", "+cmd", "@sum", "-x", "'quoted"])
+def test_a_label_a_spreadsheet_would_run_is_refused(label: str) -> None:
+    from dndbench.describers.base import DESCRIBERS
+    from dndbench.errors import ConfigError
+    from dndbench.pipeline import setting_label
+
+    with pytest.raises(ConfigError, match="label_as=.*start the label with a letter or a digit"):
+        setting_label(DESCRIBERS.config("constant", label_as=label))
+    assert setting_label(DESCRIBERS.config("constant", label_as="DnD, beta=5")) == "DnD, beta=5"
