@@ -20,8 +20,9 @@ import os
 import re
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, NoReturn, cast
+from typing import Any, Callable, Iterator, NoReturn, cast
 
 from dndbench.errors import ConfigError, DndbenchError
 
@@ -499,9 +500,48 @@ def _run_hydra(argv: list[str]) -> int:
     saved = sys.argv
     sys.argv = [saved[0] if saved else "dndbench", *argv]
     try:
-        task()
+        with _launcher_errors_reach_us():
+            task()
     except SystemExit as exc:
         return _exit_status(exc)
+    except Exception as exc:
+        line = _job_error_line(exc)
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
+        return 2
     finally:
         sys.argv = saved
     return status["code"]
+
+
+@contextmanager
+def _launcher_errors_reach_us() -> Iterator[None]:
+    """Let an exception from a launcher reach :func:`_run_hydra` instead of Hydra's traceback
+    printer (``HYDRA_FULL_ERROR``): a job that failed in a submitit worker comes back as the
+    launcher's exception quoting the job's own ``error:`` line, which is all the user needs."""
+    before = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = before
+
+
+def _job_error_line(exc: BaseException) -> str | None:
+    """The ``error:`` line a failed launcher job printed, quoted in the launcher's exception
+    (submitit's ``FailedJobError`` holds the job's stderr), or a compact Hydra error as Hydra
+    prints it; None for anything else (a bug: its traceback is shown)."""
+    from hydra.errors import CompactHydraException
+
+    if isinstance(exc, CompactHydraException):
+        cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
+        return " ".join(f"{exc}{cause}".split())
+    if type(exc).__module__.startswith("submitit"):
+        found = re.findall(r"^error: .+$", str(exc), flags=re.MULTILINE)
+        if found:
+            return found[-1]
+    return None

@@ -165,6 +165,24 @@ def test_submitit_local_runs_builtin_and_plugin_describers(tmp_path: Path) -> No
     assert list((sweep / ".submitit").glob("*/*_log.out"))  # submitit's own job folders
 
 
+@needs_submitit
+@pytest.mark.slow
+def test_a_job_failing_under_submitit_ends_in_its_one_error_line(tmp_path: Path) -> None:
+    """A failure inside a submitit job (here: a describer that covers none of the units) comes
+    back as the job's own ``error:`` line and exit 2, not as submitit's traceback."""
+    plugin_folder(tmp_path)
+    other = tmp_path / "other.csv"
+    other.write_text("Neuron ID,label\n50,cat\n51,dog\n")
+    job = subprocess.run([sys.executable, "-m", "dndbench", "-m", "hydra/launcher=submitit_local",
+                          "describer=published", f"describer.path={other}", *JOB, LAYER,
+                          f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=900)
+    assert job.returncode == 2, job.stderr[-3000:]
+    lines = [line for line in job.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in job.stderr
+    assert lines[-1].startswith("error: ") and "described none of the" in lines[-1]
+
+
 # -- the SLURM config and launcher names ----------------------------------------------------------
 @needs_submitit
 def test_the_shipped_slurm_launcher_composes_and_instantiates() -> None:

@@ -134,6 +134,13 @@ class ClipDissect(Describer[ClipDissectConfig]):
         sim = self.similarities(ctx, concepts)
         return [self.summarise(unit, sim[row], concepts) for row, unit in enumerate(ctx.units)]
 
+    def describe_units(self, ctx: "Context", units: list[int]) -> list[Description]:
+        """``units`` only (one chunk of the describe cache, so a killed run keeps the chunks it
+        stored); every unit's similarities depend on that unit's activations alone."""
+        import dataclasses
+
+        return self.describe(dataclasses.replace(ctx, units=list(units)))
+
     def summarise(self, unit: int, sim: np.ndarray, concepts: Sequence[str]) -> Description:
         """One unit's description from its similarity row (concepts,)."""
         order = np.argsort(-sim, kind="stable")

@@ -142,6 +142,13 @@ class MilanDescriber(Describer[MilanConfig]):
             ctx.count("milan_units", len(decoded))
         return out
 
+    def describe_units(self, ctx: "Context", units: list[int]) -> list[Description]:
+        """``units`` only (one chunk of the describe cache, so a killed run keeps the chunks it
+        stored); a unit's exemplars and caption depend on that unit alone."""
+        import dataclasses
+
+        return self.describe(dataclasses.replace(ctx, units=list(units)))
+
     @staticmethod
     def _summarise(unit: int, decoded: Any, threshold: float) -> Description:
         texts = [t for t in decoded.texts if t.strip()]
