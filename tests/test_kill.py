@@ -26,26 +26,13 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+from test_concurrency import METRIC_PLUGIN  # the same model-free metric plugin
 
 UNITS = list(range(8))
 #: DnD with one unit per stored chunk, scored by a metric that needs no model (the job, not a
 #: metric's model loading, is what is measured)
 JOB = ["describer=dnd", "describer.units_per_batch=1",
        f"neurons.units=[{','.join(map(str, UNITS))}]", "metric=label_length", "progress=false"]
-METRIC_PLUGIN = textwrap.dedent('''
-    import pandas as pd
-
-    from dndbench.metrics.base import METRICS, Metric
-
-
-    @METRICS.register("label_length")
-    class LabelLength(Metric):
-        """The length of each label, in characters."""
-
-        def score(self, descriptions, ctx):
-            return pd.DataFrame({"unit": descriptions["unit"], "metric": "label_length",
-                                 "value": descriptions["label"].str.len().astype(float)})
-''')
 #: ``python -m dndbench`` that also appends the key of every call-cache row it computes (and
 #: then stores) to ``$KILL_TEST_PUTS``: backends store only what they computed
 LAUNCHER = textwrap.dedent('''

@@ -442,7 +442,8 @@ def build_report(model: "ToyNetModel", cache: Cache, options: ReportOptions | No
     planted = planted_report(model, probe, cache, o.pooling)
     report["planted_units"] = planted
     report["planted_summary"] = {"units": len(planted), "pass": sum(u["gate"] for u in planted),
-                                 "by_kind": _by_kind(planted), "by_layer": _by_layer(planted)}
+                                 "by_kind": _gate_tally(planted, "kind"),
+                                 "by_layer": _gate_tally(planted, "layer")}
     say("fc units")
     fc = fc_report(model, probe, cache)
     report["model"]["probe_accuracy"] = fc["probe_accuracy"]
@@ -471,19 +472,11 @@ def build_report(model: "ToyNetModel", cache: Cache, options: ReportOptions | No
     return report
 
 
-def _by_kind(units: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+def _gate_tally(units: list[dict[str, Any]], key: str) -> dict[str, dict[str, int]]:
+    """Units and gate passes per value of ``key`` (``kind`` or ``layer``)."""
     out: dict[str, dict[str, int]] = {}
     for u in units:
-        entry = out.setdefault(u["kind"], {"units": 0, "pass": 0})
-        entry["units"] += 1
-        entry["pass"] += int(u["gate"])
-    return out
-
-
-def _by_layer(units: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
-    out: dict[str, dict[str, int]] = {}
-    for u in units:
-        entry = out.setdefault(u["layer"], {"units": 0, "pass": 0})
+        entry = out.setdefault(u[key], {"units": 0, "pass": 0})
         entry["units"] += 1
         entry["pass"] += int(u["gate"])
     return out
