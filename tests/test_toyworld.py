@@ -170,7 +170,7 @@ def test_training_is_deterministic_and_cached(tmp_path):
     import torch
 
     from dndbench.models.base import MODELS
-    from dndbench.toyworld.train_toynet import TrainConfig, train
+    from dndbench.toyworld.train_toynet import TrainConfig, planted_map, train
 
     config = TrainConfig(train_images=96, test_images=32, epochs=1, batch_size=32)
     meta_a = train(config, tmp_path / "a", progress=False, workers=1)
@@ -180,9 +180,13 @@ def test_training_is_deterministic_and_cached(tmp_path):
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     meta = json.loads((tmp_path / "a" / "meta.json").read_text())
     assert meta["class_names"] == list(SHAPES)
-    assert meta["planted"]["layer3"] and meta_a["key"] == meta_b["key"]
+    assert meta_a["key"] == meta_b["key"]
     units = meta["report"]["planted_units"]
-    assert {u["concept"] for u in units} <= {c.name for c in all_concepts()}
+    assert len(units) == sum(len(v) for v in planted_map(config).values())
+    assert all({"auc", "top10", "gate", "pixel_auc"} <= set(u) for u in units)
+    # only the units that passed the gate are recorded as ground truth
+    recorded = {(layer, int(k)) for layer, v in meta["planted"].items() for k in v}
+    assert recorded == {(u["layer"], u["unit"]) for u in units if u["gate"]}
     assert 0.0 <= meta["report"]["test_accuracy"] <= 1.0
 
     model = MODELS.create("toynet", train_images=96, epochs=1)
@@ -191,9 +195,9 @@ def test_training_is_deterministic_and_cached(tmp_path):
     folder = model.weights_dir()
     assert (folder / "weights.pt").exists() and (folder / "meta.json").exists()
     assert folder.name == model.weights_fingerprint()
-    planted = model.planted_concepts("layer3")
-    assert planted and all(isinstance(u, int) for u in planted)
-    assert model.planted_concepts("layer4") == {}
+    recorded_layer3 = model.meta()["planted"].get("layer3", {})
+    assert model.planted_concepts("layer3") == {int(k): c for k, c in recorded_layer3.items()}
+    assert model.planted_concepts("layer9") == {}
     mtime = (folder / "weights.pt").stat().st_mtime
     again = MODELS.create("toynet", train_images=96, epochs=1)
     again.cache = Cache(tmp_path / "cache")

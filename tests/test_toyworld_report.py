@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -53,12 +54,27 @@ def test_containment_reads_the_annotations(concept: str, expected: bool) -> None
     assert R.contains(concept, annotate(spec, mask), spec, mask) is expected
 
 
-def test_an_open_vocabulary_part_needs_a_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_open_vocabulary_parts_are_read_from_the_spec() -> None:
     spec, mask = _scene()
     annotation = annotate(spec, mask)
-    assert R.contains("large objects", annotation, spec, mask) is None
-    monkeypatch.setitem(R.PRESENCE_RULES, "large objects", lambda s, m: s.main.radius > 0.2)
-    assert R.contains("large objects", annotation, spec, mask) is True
+    assert R.contains("two objects", annotation) is None  # an annotation cannot tell
+    assert R.contains("two objects", annotation, spec, mask) is True
+    assert R.contains("large object", annotation, spec, mask) is False  # radius 0.25
+    big = replace(spec, objects=(replace(spec.main, radius=0.4, cx=0.5, cy=0.5),))
+    big_mask = render(big)[1]
+    assert R.contains("large object", annotate(big, big_mask), big, big_mask) is True
+    assert R.contains("two objects", annotate(big, big_mask), big, big_mask) is False
+    outlined = replace(spec, objects=(replace(spec.main, outlined=True, texture="plain"),))
+    o_mask = render(outlined)[1]
+    assert R.contains("outlined", annotate(outlined, o_mask), outlined, o_mask) is True
+    assert R.contains("outlined", annotation, spec, mask) is False
+    # an outline covers far fewer pixels than the filled shape
+    assert 0 < (o_mask == 1).sum() < 0.6 * (mask == 1).sum()
+    zig = replace(spec, objects=(replace(spec.main, texture="zigzag"),))
+    z_mask = render(zig)[1]
+    assert R.contains("zigzag", annotate(zig, z_mask), zig, z_mask) is True
+    assert R.contains("zigzag", annotation, spec, mask) is False
+    assert (annotate(zig, z_mask).pixel["texture"][0][z_mask == 1] == 0).all()  # no label
 
 
 @pytest.mark.parametrize("concept, kind", [

@@ -5,9 +5,16 @@ machine and seed => same weights), prints progress, reports test accuracy and th
 of every planted unit, and writes ``weights.pt`` and ``meta.json`` (atomically; ``meta.json``
 last, so its presence marks a finished training).
 
-Planted units: besides the classification loss, chosen units of ``layer2``/``layer3`` are
-trained to reproduce a concept's mask (downsampled to the unit's map size) with their
-post-ReLU activation map, so their meaning is known by construction.
+Planted units (:mod:`dndbench.toyworld.planted`): besides the classification loss, chosen units
+of ``layer1``-``layer4`` are trained to detect a concept string.  Each unit's post-ReLU map
+reproduces the concept's mask (downsampled to the map size), with errors averaged separately
+inside the mask, on other objects' pixels (hard negatives) and on the background; and at the
+image level its maximum is pushed to at least 1 on images that show the concept and to 0 on
+the others.  A share of the training images is *seeded*: drawn to show a planted concept or a
+near miss of it (red circle -> orange circle, red ring).  After training, each unit is measured
+on a held-out stream: only units that pass the selectivity gate (pooled-activation ROC-AUC >=
+0.95 for "the image shows the concept" and >= 9 of its 10 top images showing it) are recorded
+as planted ground truth; every candidate's figures stay in the report.
 """
 from __future__ import annotations
 
@@ -15,7 +22,7 @@ import importlib
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +30,12 @@ import numpy as np
 
 from dndbench.cache import atomic_path, default_cache_dir, stable_hash
 from dndbench.hooks import record_outputs
-from dndbench.toyworld.render import REFERENCE_SIZE, concept_mask, generate
+from dndbench.toyworld.render import REFERENCE_SIZE, concept_mask, render, shows
 from dndbench.toyworld.world import GENERATOR_VERSION, SHAPES, all_concepts
 from dndbench.training_checkpoint import CHECKPOINT_NAME, TrainingCheckpoint, remove_checkpoints
 
 #: bump whenever a change of the network or of training alters the trained weights
-TOYNET_VERSION = "toynet-v1"
+TOYNET_VERSION = "toynet-v2"
 #: training and test images come from these streams (offset by 2 * seed); probe sets use
 #: small seeds (default 1000), so the network never sees probe images
 TRAIN_STREAM_BASE = 1_000_000
@@ -36,17 +43,14 @@ TRAIN_STREAM_BASE = 1_000_000
 MAP_SIZES = {"layer1": 16, "layer2": 16, "layer3": 8, "layer4": 4}
 
 
-def _default_planted() -> dict[str, dict[int, str]]:
-    return {
-        "layer2": {3: "yellow", 11: "dotted", 24: "grass"},
-        "layer3": {2: "red", 9: "blue", 17: "striped", 26: "checkered", 35: "water",
-                   44: "brick wall", 51: "star", 60: "heart"},
-    }
+#: the selectivity gate a planted unit must pass on held-out images to count as ground truth
+GATE_MIN_AUC, GATE_MIN_TOP10 = 0.95, 9
 
 
 @dataclass
 class TrainConfig:
-    """Everything that determines ToyNet's trained weights."""
+    """Everything that determines ToyNet's trained weights.  ``catalogue`` names the planted
+    concepts (:data:`dndbench.toyworld.planted.CATALOGUES`); ``planted`` overrides it."""
 
     seed: int = 0
     train_images: int = 6000
@@ -56,14 +60,27 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 5e-4
     aux_weight: float = 1.0
-    widths: tuple[int, ...] = (16, 32, 64, 128)
+    image_weight: float = 2.0
+    seeded_fraction: float = 0.3
+    widths: tuple[int, ...] = (24, 48, 96, 128)
     blocks: int = 1
-    planted: dict[str, dict[int, str]] = field(default_factory=_default_planted)
+    catalogue: str = "benchmark"
+    planted: dict[str, dict[int, str]] | None = None
+
+
+def planted_map(config: TrainConfig) -> dict[str, dict[int, str]]:
+    """Layer -> unit -> concept string of the units ``config`` plants."""
+    from dndbench.toyworld.planted import planted_units
+
+    if config.planted is not None:
+        return {layer: {int(u): c for u, c in units.items()} for layer, units in config.planted.items()}
+    return planted_units(config.catalogue, tuple(config.widths))
 
 
 def training_key(config: TrainConfig) -> str:
     """Cache key of the weights ``config`` produces (config + code and generator versions)."""
-    return stable_hash("toynet", TOYNET_VERSION, GENERATOR_VERSION, asdict(config))
+    return stable_hash("toynet", TOYNET_VERSION, GENERATOR_VERSION, asdict(config),
+                       planted_map(config))
 
 
 def default_out_dir(config: TrainConfig) -> Path:
@@ -73,7 +90,7 @@ def default_out_dir(config: TrainConfig) -> Path:
 
 def planted_list(config: TrainConfig) -> list[tuple[str, int, str]]:
     """Planted units as (layer, unit, concept), in a fixed order."""
-    return [(layer, int(unit), name) for layer, units in sorted(config.planted.items())
+    return [(layer, int(unit), name) for layer, units in sorted(planted_map(config).items())
             for unit, name in sorted(units.items(), key=lambda kv: int(kv[0]))]
 
 
@@ -85,6 +102,8 @@ class ToyData:
     images: np.ndarray          # (N, 3, 64, 64) uint8
     labels: np.ndarray          # (N,) int64: index of the main object's shape
     targets: dict[str, np.ndarray]  # layer -> (N, units planted there, s, s) float32 in [0, 1]
+    present: dict[str, np.ndarray]  # layer -> (N, units planted there) bool: image shows it
+    objects: dict[str, np.ndarray]  # layer -> (N, 1, s, s) float32: share of object pixels
     masks: np.ndarray           # (N, 64, 64) int8 object masks (see render.render)
     specs: list[Any]
 
@@ -94,37 +113,66 @@ def _pool(mask: np.ndarray, size: int) -> np.ndarray:
     return mask.reshape(size, factor, size, factor).mean(axis=(1, 3), dtype=np.float32)
 
 
-def _make_chunk(args: tuple[int, int, int, list[tuple[str, int, str]]]) -> ToyData:
-    stream, start, stop, planted = args
+def _spec(stream: int, index: int, planted: list[tuple[str, int, str]],
+          seeded_fraction: float) -> Any:
+    """Image ``index``'s spec: a plain random scene, or (a ``seeded_fraction`` of images, two
+    thirds positives, one third near misses) one seeded with a planted concept."""
+    from dndbench.toyworld.planted import seeded_scene
+    from dndbench.toyworld.world import sample_scene
+
+    rng = np.random.default_rng([stream, index])
+    if planted and rng.random() < seeded_fraction:
+        concept = planted[int(rng.integers(len(planted)))][2]
+        return seeded_scene(concept, rng, negative=bool(rng.random() < 1 / 3))
+    return sample_scene(rng)
+
+
+def _make_chunk(args: tuple[int, int, int, list[tuple[str, int, str]], float]) -> ToyData:
+    stream, start, stop, planted, seeded_fraction = args
     images, labels, masks, specs = [], [], [], []
-    targets: dict[str, list[np.ndarray]] = {layer: [] for layer, _, _ in planted}
+    layers = sorted({layer for layer, _, _ in planted})
+    targets: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
+    present: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
+    objects: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
     for index in range(start, stop):
-        rgb, spec, mask = generate(stream, index, REFERENCE_SIZE)
+        spec = _spec(stream, index, planted, seeded_fraction)
+        rgb, mask = render(spec, REFERENCE_SIZE)
         images.append(rgb.transpose(2, 0, 1))
         labels.append(SHAPES.index(spec.main.shape))
         masks.append(mask.astype(np.int8))
         specs.append(spec)
-        for layer in targets:
+        for layer in layers:
+            names = [name for lay, _, name in planted if lay == layer]
+            size = MAP_SIZES[layer]
             targets[layer].append(np.stack([
-                _pool(concept_mask(spec, mask, name).astype(np.float32), MAP_SIZES[layer])
-                for lay, _, name in planted if lay == layer]))
+                _pool(concept_mask(spec, mask, name).astype(np.float32), size) for name in names]))
+            present[layer].append(np.array([shows(spec, mask, name) for name in names], bool))
+            objects[layer].append(_pool((mask > 0).astype(np.float32), size)[None])
     return ToyData(np.stack(images), np.asarray(labels, np.int64),
-                   {k: np.stack(v) for k, v in targets.items()}, np.stack(masks), specs)
+                   {k: np.stack(v) for k, v in targets.items()},
+                   {k: np.stack(v) for k, v in present.items()},
+                   {k: np.stack(v) for k, v in objects.items()}, np.stack(masks), specs)
 
 
 def _concat(parts: list[ToyData]) -> ToyData:
+    def join(field: str) -> dict[str, np.ndarray]:
+        first: dict[str, np.ndarray] = getattr(parts[0], field)
+        return {k: np.concatenate([getattr(p, field)[k] for p in parts]) for k in first}
+
     return ToyData(np.concatenate([p.images for p in parts]),
                    np.concatenate([p.labels for p in parts]),
-                   {k: np.concatenate([p.targets[k] for p in parts]) for k in parts[0].targets},
+                   join("targets"), join("present"), join("objects"),
                    np.concatenate([p.masks for p in parts]),
                    [s for p in parts for s in p.specs])
 
 
 def make_data(stream: int, count: int, planted: list[tuple[str, int, str]],
-              workers: int = 2) -> ToyData:
-    """Images 0..count-1 of ``stream``, generated in ``workers`` processes when worth it."""
+              workers: int = 2, seeded_fraction: float = 0.0) -> ToyData:
+    """Images 0..count-1 of ``stream`` (a ``seeded_fraction`` of them seeded with planted
+    concepts), generated in ``workers`` processes when worth it."""
     chunk = 500
-    jobs = [(stream, s, min(count, s + chunk), planted) for s in range(0, count, chunk)]
+    jobs = [(stream, s, min(count, s + chunk), planted, seeded_fraction)
+            for s in range(0, count, chunk)]
     if workers <= 1 or len(jobs) <= 1:
         return _concat([_make_chunk(job) for job in jobs])
     import multiprocessing
@@ -137,22 +185,31 @@ def make_data(stream: int, count: int, planted: list[tuple[str, int, str]],
 
 # -- training --------------------------------------------------------------------------------
 def _unit_index(config: TrainConfig) -> dict[str, list[int]]:
-    return {layer: [int(u) for u in sorted(units, key=int)] for layer, units in config.planted.items()}
+    return {layer: [int(u) for u in sorted(units, key=int)]
+            for layer, units in sorted(planted_map(config).items())}
 
 
-def _aux_loss(outputs: dict[str, Any], targets: dict[str, Any], units: dict[str, list[int]]) -> Any:
-    """Class-balanced squared error between planted units' maps and their concept masks:
-    errors inside and outside the masks are averaged separately, so rare concepts count."""
+def _aux_loss(outputs: dict[str, Any], targets: dict[str, Any], present: dict[str, Any],
+              objects: dict[str, Any], units: dict[str, list[int]], image_weight: float) -> Any:
+    """The planted units' loss (see the module docstring): squared error to the concept masks,
+    averaged separately inside them, on other objects and on the background (so rare concepts
+    and hard negatives count), plus the image-level hinge on each map's maximum."""
     import torch
 
     losses = []
+    dims = (0, 2, 3)
     for layer, target in targets.items():
-        err = (outputs[layer][:, units[layer]] - target) ** 2
-        pos = (target > 0.5).float()
-        dims = (0, 2, 3)
-        inside = (err * pos).sum(dims) / pos.sum(dims).clamp(min=1.0)
-        outside = (err * (1 - pos)).sum(dims) / (1 - pos).sum(dims).clamp(min=1.0)
-        losses.append(inside + outside)
+        act = outputs[layer][:, units[layer]]
+        err = (act - target) ** 2
+        inside = (target > 0.5).float()
+        on_objects = (1 - inside) * (objects[layer] > 0.5).float()
+        background = (1 - inside) * (objects[layer] <= 0.5).float()
+        pixel = sum((err * region).sum(dims) / region.sum(dims).clamp(min=1.0)
+                    for region in (inside, on_objects, background))
+        peak = act.amax((2, 3))
+        pos = present[layer].float()
+        image = (pos * torch.relu(1.0 - peak) ** 2 + (1 - pos) * peak ** 2).mean(0)
+        losses.append(pixel + image_weight * image)
     return torch.cat(losses).mean()
 
 
@@ -173,6 +230,8 @@ def _train_network(config: TrainConfig, data: ToyData, progress: bool,
     images = torch.from_numpy(data.images)
     labels = torch.from_numpy(data.labels)
     targets = {k: torch.from_numpy(v) for k, v in data.targets.items()}
+    present = {k: torch.from_numpy(v) for k, v in data.present.items()}
+    objects = {k: torch.from_numpy(v) for k, v in data.objects.items()}
     steps_per_epoch = (len(labels) + config.batch_size - 1) // config.batch_size
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=max(
@@ -193,7 +252,10 @@ def _train_network(config: TrainConfig, data: ToyData, progress: bool,
                 idx = order[step * config.batch_size:(step + 1) * config.batch_size]
                 logits = net(normalise(images[idx]))
                 ce = F.cross_entropy(logits, labels[idx])
-                aux = _aux_loss(outputs, {k: v[idx] for k, v in targets.items()}, units)
+                aux = _aux_loss(outputs, {k: v[idx] for k, v in targets.items()},
+                                {k: v[idx] for k, v in present.items()},
+                                {k: v[idx] for k, v in objects.items()}, units,
+                                config.image_weight)
                 loss = ce + config.aux_weight * aux
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -256,7 +318,9 @@ def _iou_top_quantile(unit_maps: np.ndarray, data: ToyData, concept: str,
 
 
 def evaluate(net: Any, config: TrainConfig, data: ToyData) -> dict[str, Any]:
-    """Test accuracy and, per planted unit, its selectivity for its concept."""
+    """Test accuracy and, per planted unit, its selectivity for its concept: pixel-level
+    (``pixel_auc``, ``iou_top0.5%``) and image-level, the gate's figures (``auc`` of the
+    spatially averaged map for "the image shows the concept", ``top10``, ``gate``)."""
     planted = planted_list(config)
     layers = sorted({layer for layer, _, _ in planted})
     preds, maps = _test_outputs(net, data, layers)
@@ -265,12 +329,18 @@ def evaluate(net: Any, config: TrainConfig, data: ToyData) -> dict[str, Any]:
         k = [u for lay, u, _ in planted if lay == layer].index(unit)
         act = maps[layer][:, unit]
         inside = data.targets[layer][:, k] >= 0.5
+        present = data.present[layer][:, k]
+        pooled = act.mean(axis=(1, 2))
+        top = np.argsort(-pooled, kind="stable")[:10]
+        auc, top10 = roc_auc(pooled, present), int(present[top].sum())
         units.append({
             "layer": layer, "unit": unit, "concept": concept,
             "mean_inside": float(act[inside].mean()) if inside.any() else float("nan"),
             "mean_outside": float(act[~inside].mean()) if (~inside).any() else float("nan"),
-            "auc": roc_auc(act, inside),
+            "pixel_auc": roc_auc(act, inside),
             "iou_top0.5%": _iou_top_quantile(act, data, concept),
+            "positives": int(present.sum()), "auc": auc, "top10": top10,
+            "gate": bool(auc == auc and auc >= GATE_MIN_AUC and top10 >= GATE_MIN_TOP10),
         })
     return {"test_accuracy": float((preds == data.labels).mean()),
             "test_images": int(len(data.labels)), "planted_units": units}
@@ -295,7 +365,8 @@ def train(config: TrainConfig, out_dir: Path | str, progress: bool = True,
     deterministic.fill_uninitialized_memory = False
     try:
         stream = TRAIN_STREAM_BASE + 2 * config.seed
-        train_data = make_data(stream, config.train_images, planted, workers)
+        train_data = make_data(stream, config.train_images, planted, workers,
+                               config.seeded_fraction)
         test_data = make_data(stream + 1, config.test_images, planted, workers)
         generated = time.perf_counter()
         net = _train_network(config, train_data, progress, out_dir)
@@ -310,8 +381,12 @@ def train(config: TrainConfig, out_dir: Path | str, progress: bool = True,
     meta = {
         "version": TOYNET_VERSION, "generator": GENERATOR_VERSION, "key": training_key(config),
         "class_names": list(SHAPES),
-        "planted": {layer: {str(u): name for u, name in sorted(units.items(), key=lambda kv: int(kv[0]))}
-                    for layer, units in config.planted.items()},
+        # ground truth: only the units that passed the gate on the held-out stream
+        "planted": {layer: {str(u["unit"]): u["concept"] for u in report["planted_units"]
+                            if u["layer"] == layer and u["gate"]}
+                    for layer in sorted({u["layer"] for u in report["planted_units"]})},
+        "gate": {"min_auc": GATE_MIN_AUC, "min_top10": GATE_MIN_TOP10,
+                 "measured_on": f"{config.test_images} images of the held-out stream"},
         "concepts": [asdict(c) for c in all_concepts()],
         "config": asdict(config), "report": report,
     }
@@ -329,10 +404,16 @@ def format_report(report: dict[str, Any]) -> str:
     if "seconds" in report:
         s = report["seconds"]
         lines.append(f"time: {s['total']:.1f}s (generate {s['generate']:.1f}s, train {s['train']:.1f}s)")
-    lines.append(f"{'layer':8} {'unit':>4}  {'concept':12} {'in':>6} {'out':>6} {'AUC':>6} {'IoU@0.5%':>8}")
-    for u in report["planted_units"]:
-        lines.append(f"{u['layer']:8} {u['unit']:>4}  {u['concept']:12} {u['mean_inside']:6.3f} "
-                     f"{u['mean_outside']:6.3f} {u['auc']:6.3f} {u['iou_top0.5%']:8.3f}")
+    units = report["planted_units"]
+    passed = sum(bool(u.get("gate")) for u in units)
+    lines.append(f"planted units passing the gate (AUC >= {GATE_MIN_AUC}, top10 >= "
+                 f"{GATE_MIN_TOP10}): {passed} of {len(units)}")
+    lines.append(f"{'layer':7} {'unit':>4}  {'concept':15} {'in':>6} {'out':>6} {'pixAUC':>6} "
+                 f"{'AUC':>6} {'top10':>5} {'pos':>5}  gate")
+    for u in units:
+        lines.append(f"{u['layer']:7} {u['unit']:>4}  {u['concept']:15} {u['mean_inside']:6.3f} "
+                     f"{u['mean_outside']:6.3f} {u['pixel_auc']:6.3f} {u['auc']:6.3f} "
+                     f"{u['top10']:>5} {u['positives']:>5}  {'pass' if u['gate'] else 'FAIL'}")
     return "\n".join(lines)
 
 
