@@ -221,16 +221,17 @@ def test_backends_are_registered_with_light_imports():
 
 # -- trained toy CLIP and captioner ----------------------------------------------------------
 def test_training_views_and_their_slots():
-    from dndbench.toyworld.train_toy_backends import (
-        BackendTrainConfig,
-        _data_with_masks,
+    from dndbench.toyworld.backend_data import (
+        dense_targets,
         report_views,
         slot_targets,
+        training_data,
         training_views,
+        true_boxes,
     )
 
-    images, specs, masks = _data_with_masks(123, 24, workers=1)
-    views = training_views(images, specs, masks, BackendTrainConfig(patch_fraction=1.0), 123)
+    images, specs, masks = training_data(123, 24, 0.3, 0.5, workers=1)
+    views = training_views(images, specs, masks, 123, patch_fraction=1.0)
     assert views.images.shape[1:] == (3, 64, 64) and views.images.dtype == np.uint8
     assert views.kinds.count("full") == 24 and views.kinds.count("crop") == 24
     assert views.kinds.count("patch") >= 20
@@ -240,8 +241,22 @@ def test_training_views_and_their_slots():
     assert (targets["scene"] >= 0).all() and (targets["object"][~patches] == 1).all()
     held = report_views(images[:6], specs[:6])
     assert held.kinds.count("full") == 6 and held.kinds.count("crop") == 6
-    again = training_views(images, specs, masks, BackendTrainConfig(patch_fraction=1.0), 123)
+    again = training_views(images, specs, masks, 123, patch_fraction=1.0)
     assert np.array_equal(again.images, views.images)
+    # the true boxes hold each object: main objects always, distractors when the view shows one
+    import torch
+
+    boxes, found = true_boxes(dense_targets(torch.from_numpy(views.masks),
+                                            torch.from_numpy(views.objects))["part16"])
+    is_patch = torch.from_numpy(patches)
+    assert found[1][~is_patch].all() and not found[1][is_patch].any()
+    full = [i for i, k in enumerate(views.kinds) if k == "full"]
+    assert found[2][full].tolist() == [len(s.objects) > 1 for s in specs]
+    for i in full:
+        ys, xs = np.nonzero(views.masks[i] == 1)
+        cx, cy, half = boxes[1][i].tolist()
+        assert abs(xs.mean() / 64 - cx) < 0.03 and abs(ys.mean() / 64 - cy) < 0.03
+        assert half * 64 >= 0.4 * (xs.max() - xs.min())
 
 
 def test_captioner_output_reads_back_into_its_slots():

@@ -1,17 +1,25 @@
 """ToyDual: the one small network behind the toy CLIP (``vlm=toy``) and the toy captioner.
 
-* an **image tower**, a small ResNet on 64x64 views (a stride-2 3x3 stem, then one basic
-  residual block at 32x32, 16x16, 8x8 and 4x4), whose mean- and max-pooled final map feeds
-  - a projection into the shared embedding space (the toy CLIP's image encoder), and
-  - one classifier head per caption *slot* (:data:`SLOTS`: whether the view shows an object;
-    the main object's shape, colour, texture, outline and size; the scene; a second object,
-    its shape and colour): the toy captioner writes their argmax out as the canonical caption
-    (:func:`dndbench.toyworld.captions.slots_caption`), so it is a slot model, not a free-text
-    decoder;
-* a **text tower**: the mean of the word embeddings of the text's tokens (bag of words: word
-  order is ignored) followed by an MLP into the shared space.
+Image side (:meth:`ToyDual.encode_image_dense`):
 
-Both towers are trained together (see :mod:`dndbench.toyworld.train_toy_backends`).
+* a **global tower** (:class:`ImageTower`, ToyNet's layout) on the 64x64 view, whose 16x16 map
+  also predicts per cell which object it shows (background, main object, second object) and
+  the texture there (the *dense* heads);
+* **object boxes** read from those predicted masks (:func:`object_boxes`), an **object tower**
+  that reads each object resampled to 32x32 (the main object and the second one through the
+  same tower, at one scale), and a **texture tower** on an unscaled patch at the main object's
+  centre (:class:`SlotPooling`);
+* one linear classifier head per caption *slot* (:data:`SLOTS`: whether the view shows an
+  object; the main object's shape, colour, texture, outline and size; the scene; a second
+  object, its shape and colour): the toy captioner writes their argmax out as the canonical
+  caption (:func:`dndbench.toyworld.captions.slots_caption`), so it is a slot model, not a
+  free-text decoder; and a projection of all pooled vectors into the shared embedding space
+  (the toy CLIP's image encoder).
+
+Text side: the mean of the word embeddings of the text's tokens (bag of words: word order is
+ignored) followed by an MLP into the shared space.
+
+Both sides are trained together (see :mod:`dndbench.toyworld.train_toy_backends`).
 """
 from __future__ import annotations
 
@@ -61,6 +69,8 @@ class ImageTower(nn.Module):
 DENSE_HEADS: dict[str, tuple[str, int, int]] = {
     "part16": ("f16", 3, 16), "texture16": ("f16", len(SLOT_VALUES["texture"]), 16),
 }
+#: hidden channels of the ``part16`` head
+PART_HIDDEN = 32
 #: side of the normalised object patches the object tower reads (main object and distractor)
 OBJECT_PATCH = 32
 #: side (pixels of the view) of the unscaled patch at the main object's centre that the texture
@@ -69,6 +79,8 @@ TEXTURE_PATCH = 24
 #: an object's box is centred on its mask's centre of mass, with a half side this many times
 #: the mask's larger standard deviation (1.1 radii for a disc)
 BOX_SPREAD = 2.2
+#: cells (of the 16x16 map) around its most likely cell that a distractor's box is read from
+DISTRACTOR_REACH = 4
 
 
 def object_boxes(weights: torch.Tensor, min_mass: float = 0.5
@@ -77,8 +89,8 @@ def object_boxes(weights: torch.Tensor, min_mass: float = 0.5
     (B, H, W) in [0, 1], and whether each was found: the mass is at least ``min_mass`` cells of
     a 16x16 map (else the box is the whole view)."""
     b, h, w = weights.shape
-    ys = (torch.arange(h, dtype=weights.dtype) + 0.5) / h
-    xs = (torch.arange(w, dtype=weights.dtype) + 0.5) / w
+    ys = (torch.arange(h, dtype=weights.dtype, device=weights.device) + 0.5) / h
+    xs = (torch.arange(w, dtype=weights.dtype, device=weights.device) + 0.5) / w
     mass = weights.sum((1, 2))
     safe = mass.clamp(min=1e-6)
     cx = (weights.sum(1) * xs).sum(1) / safe
@@ -87,15 +99,29 @@ def object_boxes(weights: torch.Tensor, min_mass: float = 0.5
     vy = (weights.sum(2) * (ys[None] - cy[:, None]) ** 2).sum(1) / safe
     half = (BOX_SPREAD * torch.maximum(vx, vy).sqrt()).clamp(min=1.5 / w)
     found = mass >= min_mass * (h * w) / 256
-    full = torch.tensor([0.5, 0.5, 0.5], dtype=weights.dtype)
+    full = torch.tensor([0.5, 0.5, 0.5], dtype=weights.dtype, device=weights.device)
     return torch.where(found[:, None], torch.stack([cx, cy, half], 1), full), found
 
 
 def part_weights(part_probs: torch.Tensor, k: int) -> torch.Tensor:
     """Object ``k``'s (1 main, 2 distractor) box weights from part probabilities (B, 3, H, W),
-    or from the shares of its pixels per cell: 0 below a quarter (stray probability), rising
-    to 1 at three quarters (a thin outline covers a third to a half of its cells)."""
-    return ((part_probs[:, k] - 0.25) * 2).clamp(0.0, 1.0)
+    or from the shares of its pixels per cell: 0 below a quarter of the peak, rising to 1 at
+    three quarters.  The main object's peak counts as at least 0.3 (a thin outline covers a
+    third to a half of its cells, and its probabilities are as low); the distractor's as 1, and
+    only the cells within :data:`DISTRACTOR_REACH` of its most likely cell count (a small
+    object: stray probability elsewhere would blur its box)."""
+    p = part_probs[:, k]
+    peak = p.amax((1, 2), keepdim=True)
+    weights = ((p / peak.clamp(min=0.3 if k == 1 else 1.0) - 0.25) * 2).clamp(0.0, 1.0)
+    if k == 1:
+        return weights
+    side = p.shape[-1]
+    best = p.flatten(1).argmax(1)
+    rows, cols = torch.div(best, side, rounding_mode="floor"), best % side
+    grid = torch.arange(side, device=p.device)
+    near_rows = (grid[None] - rows[:, None]).abs() <= DISTRACTOR_REACH
+    near_cols = (grid[None] - cols[:, None]).abs() <= DISTRACTOR_REACH
+    return weights * (near_rows[:, :, None] & near_cols[:, None, :])
 
 
 def object_patches(x: torch.Tensor, boxes: torch.Tensor, size: int,
@@ -149,9 +175,13 @@ class SlotPooling(nn.Module):
         a, b, c, d = widths
         channels = {"f16": b, "g8": c + d}
         self.dense = nn.ModuleDict({name: nn.Conv2d(channels[source], classes, 1)
-                                    for name, (source, classes, _) in DENSE_HEADS.items()})
-        # which object a cell shows depends on the objects' sizes: the 8x8 maps' context
-        self.part_context = nn.Conv2d(c + d, DENSE_HEADS["part16"][1], 1)
+                                    for name, (source, classes, _) in DENSE_HEADS.items()
+                                    if name != "part16"})
+        # which object a cell shows: its 3x3 neighbourhood, and the objects' sizes (the 8x8
+        # maps' context)
+        self.part_local = nn.Conv2d(b, PART_HIDDEN, 3, 1, 1)
+        self.part_context = nn.Conv2d(c + d, PART_HIDDEN, 1)
+        self.part_out = nn.Conv2d(PART_HIDDEN, DENSE_HEADS["part16"][1], 1)
         self.objects = PatchTower(widths)
         self.textures = PatchTower((a, b, c))
         self.sizes = {"scene": 2 * d + 2 * (b + c + d) + 4,
@@ -168,8 +198,9 @@ class SlotPooling(nn.Module):
         g8 = torch.cat([f8, F.interpolate(f4, scale_factor=2.0, mode="nearest")], 1)
         sources = {"f16": f16, "g8": g8}
         dense = {name: head(sources[DENSE_HEADS[name][0]]) for name, head in self.dense.items()}
-        dense["part16"] = dense["part16"] + F.interpolate(self.part_context(g8), scale_factor=2.0,
-                                                          mode="nearest")
+        hidden = self.part_local(f16) + F.interpolate(self.part_context(g8), scale_factor=2.0,
+                                                      mode="nearest")
+        dense["part16"] = self.part_out(F.relu(hidden))
         parts = dense["part16"].softmax(1)
         pooled = [f4.mean((2, 3)), f4.amax((2, 3))]
         for k in (1, 2):  # main, distractor
@@ -229,7 +260,7 @@ class TextTower(nn.Module):
 class ToyDual(nn.Module):
     """Image tower with projection and slot heads, text tower, learnable logit scale."""
 
-    def __init__(self, widths: tuple[int, int, int, int] = (32, 48, 96, 128), dim: int = 64,
+    def __init__(self, widths: tuple[int, int, int, int] = (16, 32, 64, 128), dim: int = 64,
                  text_width: int = 64) -> None:
         super().__init__()
         self.image = ImageTower(widths)

@@ -71,7 +71,7 @@ class ToyModelConfig(BackendConfig):
     batch_size: int = 128
     seed: int = 0
     train_images: int = 6000
-    epochs: int = 8
+    epochs: int = 5
     test_images: int = 1000
 
 

@@ -7,12 +7,11 @@ the main object and on object-free background patches, and writes ``weights.pt``
 ``meta.json`` atomically into ``<cache>/toy_backends/<key>/`` (``meta.json`` marks a finished
 training).
 
-Training views (:func:`training_views`): every training image whole; ``crops_per_image`` crops
-of its main object (the object's box with a random margin of 5-30 % of the side and jittered
-edges, cut from the image enlarged to twice its size, as DnD cuts crops from the image enlarged
-to 375 px); and, for a ``patch_fraction`` of the images, an object-free square of 16-32 pixels
-(a 64-pixel image) at a random free place, whose only slots are the scene and "no object".  A
-crop's distractor slots describe the second object only when most of it is inside the crop.
+Training views (:func:`dndbench.toyworld.backend_data.training_views`): every training image
+whole; ``crops_per_image`` crops of its main object, cut much as DnD cuts its crops; and, for a
+``patch_fraction`` of the images, an object-free background square whose only slots are the
+scene and "no object".  Training scenes show more outlined main objects and second objects than
+the world draws (``outlined_fraction``, ``distractor_fraction``).
 
 Training signal per batch: symmetric InfoNCE between views and varied captions
 (:func:`dndbench.toyworld.captions.random_caption`; the bare ``<unk>`` text is an extra negative,
@@ -20,7 +19,10 @@ so texts of unknown words match no image); a softmax over each slot's query text
 (:func:`~dndbench.toyworld.captions.slot_queries`: the bare concept words "red", "star",
 "grass", "zigzag", ..., as CLIP-Dissect queries them, and word pairs such as "filled" /
 "outlined"); and cross-entropy of
-every caption slot head, each masked where a view does not show the slot.
+every caption slot head, each masked where a view does not show the slot; and the dense heads
+(which object each 16x16 cell shows, its texture).  The object tower reads the true objects'
+boxes (jittered by ``box_jitter``), and from mid-training on a ``predicted_boxes`` share of the
+rows read the boxes the network finds itself.
 
 Images come from the streams ``BACKEND_STREAM_BASE + 2 * seed`` (train) and ``+ 1`` (held
 out), disjoint from the probe's (< 1,000,000) and ToyNet's (1,000,000 + 2 * seed) streams.
@@ -38,14 +40,13 @@ from typing import Any
 import numpy as np
 
 from dndbench.cache import atomic_path, default_cache_dir, stable_hash
+from dndbench.toyworld.backend_data import VIEWS, Views
 from dndbench.toyworld.world import GENERATOR_VERSION, SceneSpec
 
 #: bump whenever a change of the network, the captions or training alters the trained weights
 BACKENDS_VERSION = "toy-backends-v2"
 BACKEND_STREAM_BASE = 2_000_000_000
 NAMESPACE = "toy_backends"
-#: the views the backends are trained and measured on
-VIEWS = ("full", "crop", "patch")
 #: the slots each view shows (what its accuracy is measured on)
 VIEW_SLOTS: dict[str, tuple[str, ...]] = {
     "full": ("object", "shape", "colour", "texture", "scene", "outlined", "size", "distractor",
@@ -62,17 +63,19 @@ class BackendTrainConfig:
     seed: int = 0
     train_images: int = 6000
     test_images: int = 1000
-    epochs: int = 8
-    batch_size: int = 64
+    epochs: int = 5
+    batch_size: int = 32
     lr: float = 3e-3
     weight_decay: float = 5e-4
-    widths: tuple[int, int, int, int] = (32, 48, 96, 128)
+    widths: tuple[int, int, int, int] = (16, 32, 64, 128)
     dim: int = 64
     unk_prob: float = 0.2
     crops_per_image: int = 1
     patch_fraction: float = 0.25
+    outlined_fraction: float = 0.3
+    distractor_fraction: float = 0.5
     box_jitter: float = 0.1
-    predicted_boxes: float = 0.5
+    predicted_boxes: float = 0.7
 
 
 def training_key(config: BackendTrainConfig) -> str:
@@ -83,193 +86,6 @@ def training_key(config: BackendTrainConfig) -> str:
 def out_dir(config: BackendTrainConfig, cache_root: Path | str | None = None) -> Path:
     """``<cache>/toy_backends/<key>``: where the toy backends look for these weights."""
     return Path(cache_root or default_cache_dir()) / NAMESPACE / training_key(config)
-
-
-# -- views -----------------------------------------------------------------------------------
-@dataclass
-class Views:
-    """Network inputs with their slots and view kind, and (for training) each view's object
-    mask (64x64: 0 background, 1 main object, 2 distractor) and its objects' shape and texture
-    indices (``objects[i, k] = (shape, texture)`` of object k + 1, -1 when absent)."""
-
-    images: np.ndarray                    # (N, 3, 64, 64) uint8
-    slots: list[dict[str, str | None]]
-    kinds: list[str]                      # "full", "crop" or "patch"
-    masks: np.ndarray | None = None       # (N, 64, 64) int8
-    objects: np.ndarray | None = None     # (N, 2, 2) int64
-
-    def __len__(self) -> int:
-        return len(self.kinds)
-
-
-def _join(parts: list[Views]) -> Views:
-    return Views(np.concatenate([p.images for p in parts]), [s for p in parts for s in p.slots],
-                 [k for p in parts for k in p.kinds])
-
-
-def _object_indices(spec: SceneSpec) -> np.ndarray:
-    from dndbench.toyworld.captions import SLOT_VALUES
-
-    out = np.full((2, 2), -1, np.int64)
-    for k, obj in enumerate(spec.objects[:2]):
-        out[k] = (SLOT_VALUES["shape"].index(obj.shape), SLOT_VALUES["texture"].index(obj.texture))
-    return out
-
-
-def crop_mask(mask: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-    """The object mask of a crop ``box``, resized (nearest) to the network's input size."""
-    from PIL import Image
-
-    from dndbench.toyworld.backend_network import INPUT_SIZE
-
-    image = Image.fromarray(np.clip(mask, 0, 2).astype(np.uint8), "L")
-    x0, y0, x1, y1 = (float(v) for v in box)
-    return np.asarray(image.resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling.NEAREST,
-                                   box=(x0, y0, x1, y1))).astype(np.int8)
-
-
-def crop_slots(spec: SceneSpec, mask: np.ndarray, box: tuple[int, int, int, int]
-               ) -> dict[str, str | None]:
-    """The slots of a crop ``box`` (x0, y0, x1, y1) of the main object: the image's, with the
-    distractor present when at least half of its pixels are inside, absent when at most a
-    tenth are, and unknown (None) in between."""
-    from dndbench.toyworld.captions import DISTRACTOR_SLOTS, spec_slots
-
-    slots = spec_slots(spec, mask)
-    if slots["distractor"] == "present":
-        x0, y0, x1, y1 = box
-        share = float((mask[y0:y1, x0:x1] == 2).sum()) / max(1, int((mask == 2).sum()))
-        if share <= 0.1:
-            slots.update({"distractor": "absent", **{s: None for s in DISTRACTOR_SLOTS}})
-        elif share < 0.5:
-            slots.update({"distractor": None, **{s: None for s in DISTRACTOR_SLOTS}})
-    return slots
-
-
-def _random_box(mask: np.ndarray, rng: np.random.Generator) -> tuple[int, int, int, int] | None:
-    """The main object's box with a random margin (5-30 % of the side) and jittered edges."""
-    from dndbench.toyworld.world_report import main_object_box
-
-    box = main_object_box(mask, margin=0.0)
-    if box is None:
-        return None
-    side = mask.shape[0]
-    pad = rng.uniform(0.05, 0.3) * side + rng.uniform(-0.04, 0.04, 4) * side
-    x0, y0 = int(round(box[0] - pad[0])), int(round(box[1] - pad[1]))
-    x1, y1 = int(round(box[2] + pad[2])), int(round(box[3] + pad[3]))
-    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(side, x1), min(side, y1)
-    return (x0, y0, x1, y1) if x1 - x0 >= 4 and y1 - y0 >= 4 else None
-
-
-def _random_patch(mask: np.ndarray, rng: np.random.Generator) -> tuple[int, int, int, int] | None:
-    """An object-free square of 16-32 pixels (of a 64-pixel image) at a random free place."""
-    occupied = np.pad((mask > 0).astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    scale = mask.shape[0] / 64
-    for side64 in sorted(rng.choice(np.arange(16, 33), 4, replace=False).tolist(), reverse=True):
-        side = max(1, int(round(side64 * scale)))
-        n = mask.shape[0] - side + 1
-        sums = (occupied[side:, side:] - occupied[:-side, side:] - occupied[side:, :-side]
-                + occupied[:-side, :-side])[:n, :n]
-        free = np.argwhere(sums == 0)
-        if len(free):
-            y, x = (int(v) for v in free[int(rng.integers(len(free)))])
-            return (x, y, x + side, y + side)
-    return None
-
-
-def fast_crop(rgb: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-    """``box`` of an (H, W, 3) image as the network's (3, 64, 64) input: cut from the image
-    enlarged (bicubic) to twice its size, then resized (bilinear), close to DnD's crops from
-    the image enlarged to 375 px at a fraction of their cost."""
-    from PIL import Image
-
-    from dndbench.toyworld.backend_network import INPUT_SIZE
-
-    x0, y0, x1, y1 = (float(v) for v in box)
-    big = Image.fromarray(rgb).resize((2 * INPUT_SIZE, 2 * INPUT_SIZE),
-                                      Image.Resampling.BICUBIC, box=(x0, y0, x1, y1))
-    small = big.resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling.BILINEAR)
-    return np.asarray(small).transpose(2, 0, 1)
-
-
-def training_views(images: np.ndarray, specs: list[SceneSpec], masks: np.ndarray,
-                   config: BackendTrainConfig, stream: int) -> Views:
-    """Every image whole, ``crops_per_image`` random crops of its main object and (for a
-    ``patch_fraction`` of the images) a random background patch (see the module docstring)."""
-    from dndbench.toyworld.captions import patch_slots, spec_slots
-
-    out, slots, kinds, view_masks, objects = [], [], [], [], []
-    for i, (pixels, spec) in enumerate(zip(images, specs)):
-        mask = masks[i].astype(np.int32)
-        rng = np.random.default_rng([stream, i, 7])
-        indices = _object_indices(spec)
-        out.append(pixels)
-        slots.append(spec_slots(spec, mask))
-        kinds.append("full")
-        view_masks.append(np.clip(mask, 0, 2).astype(np.int8))
-        objects.append(indices)
-        rgb = pixels.transpose(1, 2, 0)
-        for _ in range(config.crops_per_image):
-            box = _random_box(mask, rng)
-            if box is not None:
-                out.append(fast_crop(rgb, box))
-                slots.append(crop_slots(spec, mask, box))
-                kinds.append("crop")
-                view_masks.append(crop_mask(mask, box))
-                objects.append(indices)
-        if rng.random() < config.patch_fraction:
-            patch = _random_patch(mask, rng)
-            if patch is not None:
-                out.append(fast_crop(rgb, patch))
-                slots.append(patch_slots(spec.scene))
-                kinds.append("patch")
-                view_masks.append(np.zeros(mask.shape, np.int8))
-                objects.append(indices)
-    return Views(np.stack(out), slots, kinds, np.stack(view_masks), np.stack(objects))
-
-
-def report_views(images: np.ndarray, specs: list[SceneSpec],
-                 masks: np.ndarray | None = None) -> Views:
-    """The held-out views as ``toyworld-report`` cuts them: every image whole, the crop of its
-    main object's box and its first object-free patch, both cut as DnD cuts crops
-    (:func:`dndbench.toyworld.world_report.dnd_crop`)."""
-    from PIL import Image
-
-    from dndbench.toyworld.backend_network import to_input_array
-    from dndbench.toyworld.captions import patch_slots, spec_slots
-    from dndbench.toyworld.render import render
-    from dndbench.toyworld.world_report import background_box, dnd_crop, main_object_box
-
-    parts: dict[str, Views] = {v: Views(np.zeros((0, 3, 64, 64), np.uint8), [], []) for v in VIEWS}
-    arrays: dict[str, list[np.ndarray]] = {v: [] for v in VIEWS}
-    for i, (pixels, spec) in enumerate(zip(images, specs)):
-        mask = render(spec)[1] if masks is None else masks[i].astype(np.int32)
-        image = Image.fromarray(pixels.transpose(1, 2, 0))
-        truth = spec_slots(spec, mask)
-        arrays["full"].append(pixels)
-        parts["full"].slots.append(truth)
-        box = main_object_box(mask)
-        if box is not None:
-            arrays["crop"].append(to_input_array(dnd_crop(image, box)))
-            parts["crop"].slots.append(truth)
-        patch = background_box(mask)
-        if patch is not None:
-            arrays["patch"].append(to_input_array(dnd_crop(image, patch)))
-            parts["patch"].slots.append(patch_slots(spec.scene))
-    for view, part in parts.items():
-        part.kinds.extend([view] * len(part.slots))
-        if arrays[view]:
-            part.images = np.stack(arrays[view])
-    return _join([parts[v] for v in VIEWS])
-
-
-def slot_targets(slots: list[dict[str, str | None]], kinds: list[str] | None = None
-                 ) -> dict[str, np.ndarray]:
-    """Class index of every caption slot per view (-1: the view does not show it)."""
-    from dndbench.toyworld.backend_network import SLOTS
-
-    return {slot: np.array([-1 if s.get(slot) is None else SLOTS[slot].index(str(s[slot]))
-                            for s in slots], np.int64) for slot in SLOTS}
 
 
 def concept_texts() -> list[str]:
@@ -295,28 +111,6 @@ def _caption_tokens(slots: list[dict[str, str | None]], rng: np.random.Generator
 
 
 # -- training --------------------------------------------------------------------------------
-def true_boxes(part16: Any, generator: Any | None = None, jitter: float = 0.0
-               ) -> tuple[dict[int, Any], dict[int, Any]]:
-    """The main object's and the distractor's boxes, and whether each was found, from the true
-    part shares (``part16`` targets), as :class:`~dndbench.toyworld.backend_network.ToyDual`
-    reads them from its predicted masks; ``jitter`` scales each box by up to that fraction
-    and shifts its centre by up to that fraction of its half side."""
-    import torch
-
-    from dndbench.toyworld.backend_network import object_boxes, part_weights
-
-    boxes, found = {}, {}
-    for k in (1, 2):
-        box, found[k] = object_boxes(part_weights(part16, k))
-        if jitter:
-            noise = torch.rand(len(box), 3, generator=generator) * 2 - 1
-            half = box[:, 2] * (1 + jitter * noise[:, 2])
-            centre = box[:, :2] + jitter * box[:, 2:] * noise[:, :2]
-            box = torch.cat([centre, half[:, None]], 1)
-        boxes[k] = box
-    return boxes, found
-
-
 def _losses(model: Any, images: Any, text_ids: Any, labels: dict[str, Any],
             targets: dict[str, Any], boxes: tuple[dict[int, Any], dict[int, Any]] | None = None,
             predicted_rows: Any | None = None) -> dict[str, Any]:
@@ -347,40 +141,6 @@ def _losses(model: Any, images: Any, text_ids: Any, labels: dict[str, Any],
             "slots": torch.stack(slots).sum(), "dense": _dense_loss(dense, targets)}
 
 
-def dense_targets(masks: Any, objects: Any) -> dict[str, Any]:
-    """Targets of the dense heads (:data:`~dndbench.toyworld.backend_network.DENSE_HEADS`) from
-    object masks (B, 64, 64) and object indices (B, 2, 2): ``part16`` the share of background,
-    main and distractor pixels per 16x16 cell (soft labels); ``texture16`` the majority texture
-    of the object pixels of each cell (-1 where less than a quarter of it is object, so thin
-    outlines keep their labels)."""
-    import torch
-    import torch.nn.functional as F
-
-    from dndbench.toyworld.backend_network import DENSE_HEADS
-
-    m = masks.long()
-    out = {"part16": F.avg_pool2d(F.one_hot(m, 3).permute(0, 3, 1, 2).float(), 4)}
-    classes, side = DENSE_HEADS["texture16"][1:]
-    values = torch.cat([torch.full_like(objects[:, :1, 1], -1), objects[:, :, 1]], 1)
-    ids = torch.gather(values, 1, m.flatten(1)).view_as(m)
-    onehot = F.one_hot(ids.clamp(min=0), classes).permute(0, 3, 1, 2).float()
-    cells = F.avg_pool2d(onehot * (ids >= 0).unsqueeze(1).float(), m.shape[-1] // side)
-    label = cells.argmax(1)
-    label[cells.sum(1) < 0.25] = -1
-    out["texture16"] = label
-    return out
-
-
-def _all_dense_targets(views: Views) -> dict[str, Any]:
-    import torch
-
-    assert views.masks is not None and views.objects is not None
-    parts = [dense_targets(torch.from_numpy(views.masks[i:i + 512]),
-                           torch.from_numpy(views.objects[i:i + 512]))
-             for i in range(0, len(views), 512)]
-    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-
-
 #: weights of a cell's part loss per share of main-object and distractor pixels (distractor
 #: cells are rare: about 1 % of the cells)
 PART_WEIGHTS = (1.0, 2.0, 8.0)
@@ -409,13 +169,14 @@ def _train_network(config: BackendTrainConfig, views: Views, progress: bool) -> 
     import torch
     from tqdm.auto import tqdm
 
+    from dndbench.toyworld.backend_data import all_dense_targets, slot_targets, true_boxes
     from dndbench.toyworld.backend_network import ToyDual, normalise, text_batch
 
     torch.manual_seed(config.seed)
     model = ToyDual(tuple(config.widths), config.dim)  # type: ignore[arg-type]
     labels = {k: torch.from_numpy(v) for k, v in slot_targets(views.slots).items()}
     pixels, fixed = torch.from_numpy(views.images), _fixed_tokens()
-    dense = _all_dense_targets(views)
+    dense = all_dense_targets(views)
     flip_gen = torch.Generator().manual_seed(config.seed + 1)
     steps = (len(views) + config.batch_size - 1) // config.batch_size
     total = max(1, config.epochs * steps)
@@ -520,6 +281,7 @@ def evaluate(model: Any, images: np.ndarray, specs: list[SceneSpec],
     images' (masks are rendered when not given)."""
     import torch
 
+    from dndbench.toyworld.backend_data import report_views
     from dndbench.toyworld.backend_network import predicted_slots
     from dndbench.toyworld.captions import SLOT_VALUES, slot_queries, slots_caption
 
@@ -554,22 +316,19 @@ def evaluate(model: Any, images: np.ndarray, specs: list[SceneSpec],
 
 # -- the whole job ---------------------------------------------------------------------------
 def _data(stream: int, count: int, workers: int) -> tuple[np.ndarray, list[SceneSpec]]:
-    images, specs, _ = _data_with_masks(stream, count, workers)
+    """Images 0..count-1 of ``stream`` as the world draws them, and their specs."""
+    from dndbench.toyworld.backend_data import world_data
+
+    images, specs, _ = world_data(stream, count, workers)
     return images, specs
-
-
-def _data_with_masks(stream: int, count: int, workers: int
-                     ) -> tuple[np.ndarray, list[SceneSpec], np.ndarray]:
-    from dndbench.toyworld.train_toynet import make_data
-
-    data = make_data(stream, count, [], workers)
-    return data.images, data.specs, data.masks
 
 
 def train(config: BackendTrainConfig, out: Path | str, progress: bool = True,
           workers: int = 2) -> dict[str, Any]:
     """Train, evaluate and write ``weights.pt`` + ``meta.json`` into ``out``; return the meta."""
     import torch
+
+    from dndbench.toyworld.backend_data import training_data, training_views, world_data
 
     out = Path(out)
     started = time.perf_counter()
@@ -581,10 +340,13 @@ def train(config: BackendTrainConfig, out: Path | str, progress: bool = True,
     deterministic.fill_uninitialized_memory = False
     try:
         stream = BACKEND_STREAM_BASE + 2 * config.seed
-        images, specs, masks = _data_with_masks(stream, config.train_images, workers)
-        views = training_views(images, specs, masks, config, stream)
-        test_images, test_specs, test_masks = _data_with_masks(stream + 1, config.test_images,
-                                                               workers)
+        images, specs, masks = training_data(stream, config.train_images,
+                                             config.outlined_fraction,
+                                             config.distractor_fraction, workers)
+        views = training_views(images, specs, masks, stream, config.crops_per_image,
+                               config.patch_fraction)
+        del images, masks
+        test_images, test_specs, test_masks = world_data(stream + 1, config.test_images, workers)
         generated = time.perf_counter()
         with torch.enable_grad():  # also when called inside a caller's no_grad block
             model = _train_network(config, views, progress)
