@@ -10,6 +10,7 @@ import pytest
 from dndbench.backends.base import CAPTIONERS, LLMS, TEXT2IMAGE, VLMS
 from dndbench.backends.call_cache import CallCache
 from dndbench.cache import Cache
+from dndbench.errors import ConfigError
 from dndbench.toyworld.captions import (
     SLOT_VALUES,
     TEMPLATES,
@@ -286,18 +287,21 @@ def test_training_beats_chance_and_is_deterministic(tmp_path):
     from dndbench.toyworld.train_toy_backends import BackendTrainConfig, train
 
     config = BackendTrainConfig(train_images=600, test_images=100, epochs=3, batch_size=32,
-                                widths=(8, 16, 32, 48))
+                                widths=(16, 16, 32, 48))
     meta = train(config, tmp_path / "a", progress=False, workers=1)
     views = meta["report"]["views"]
     assert set(views) == {"full", "crop", "patch"}
     assert views["full"]["captioner"]["colour"] > 2 / 8 and views["patch"]["vlm"]["scene"] > 2 / 7
     assert views["full"]["captioner"]["scene"] > 2 / 7
-    tiny = BackendTrainConfig(train_images=48, test_images=8, epochs=1, widths=(8, 8, 8, 8))
+    tiny = BackendTrainConfig(train_images=48, test_images=8, epochs=1,
+                              widths=(16, 16, 16, 16))
     weights = []
     for folder in ("b", "c"):
         train(tiny, tmp_path / folder, progress=False, workers=1)
         weights.append(torch.load(tmp_path / folder / "weights.pt"))
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    with pytest.raises(ConfigError, match="16"):
+        train(BackendTrainConfig(widths=(8, 8, 8, 8)), tmp_path / "d", progress=False)
 
 
 @pytest.mark.slow

@@ -40,12 +40,16 @@ from typing import Any
 import numpy as np
 
 from dndbench.cache import atomic_path, default_cache_dir, stable_hash
+from dndbench.errors import ConfigError
 from dndbench.toyworld.backend_data import VIEWS, Views
 from dndbench.toyworld.world import GENERATOR_VERSION, SceneSpec
 
 #: bump whenever a change of the network, the captions or training alters the trained weights
 BACKENDS_VERSION = "toy-backends-v2"
 BACKEND_STREAM_BASE = 2_000_000_000
+#: the narrowest width: torch 2.14's oneDNN corrupts the heap in the backward pass of stride-2
+#: convolutions with fewer than 16 output channels when it runs on two or more CPU threads
+MIN_WIDTH = 16
 NAMESPACE = "toy_backends"
 #: the slots each view shows (what its accuracy is measured on)
 VIEW_SLOTS: dict[str, tuple[str, ...]] = {
@@ -181,8 +185,9 @@ def _train_network(config: BackendTrainConfig, views: Views, progress: bool) -> 
     steps = (len(views) + config.batch_size - 1) // config.batch_size
     total = max(1, config.epochs * steps)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    # (at least 10 steps: the schedule needs a warm-up step)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=max(
-        1, config.epochs * steps), pct_start=0.2)
+        10, config.epochs * steps), pct_start=0.2)
     order_gen = torch.Generator().manual_seed(config.seed)
     bar = tqdm(total=config.epochs * steps, desc="training toy backends", disable=not progress,
                mininterval=2.0)
@@ -327,6 +332,11 @@ def train(config: BackendTrainConfig, out: Path | str, progress: bool = True,
           workers: int = 2) -> dict[str, Any]:
     """Train, evaluate and write ``weights.pt`` + ``meta.json`` into ``out``; return the meta."""
     import torch
+
+    if min(config.widths) < MIN_WIDTH:
+        raise ConfigError(f"toy backends: every width must be at least {MIN_WIDTH} channels "
+                          f"(got {tuple(config.widths)}); narrower stride-2 convolutions crash "
+                          f"the CPU convolution library torch ships")
 
     from dndbench.toyworld.backend_data import training_data, training_views, world_data
 
