@@ -400,10 +400,11 @@ def test_dnd_and_cosy_share_the_forward_cache() -> None:
 # -- the toy renderer's held-out style -------------------------------------------------------------
 PROMPTS = ["realistic photo of a close up of red", "One realistic image of striped star",
            "brick wall", "depiction"]
-#: sha256 of these prompts' default-style images (seed 0, images 0-4) before styles existed
-DEFAULT_HASH = "104e8936dea3f612532cf09b95ddce4c02f57d9af3c7e895aa5e4bdf97ddf8e2"
-#: sha256 of toy probe images 0-9 of stream 1000 (RGB and mask) before styles existed
-PROBE_HASH = "2f6f2986570d64c238790b171df2ded468a72446e2c0c108b894afb0451d5004"
+#: sha256 of these prompts' default-style images (seed 0, images 0-4) of world v2.1
+#: (GENERATOR_VERSION; a change of the generator must bump it and these hashes)
+DEFAULT_HASH = "71d2dfd7728918d3858113f617bf6fb564a284fd1ec1e8640626325b51855e83"
+#: sha256 of toy probe images 0-9 of stream 1000 (RGB and mask) of world v2.1
+PROBE_HASH = "0cc282cb0c0eee3dff14e3cef16f514feed76dfaee43548449993e0c1bc6b423"
 
 
 def _hash_prompts(style: str) -> str:
@@ -444,7 +445,8 @@ def test_heldout_style_keeps_concepts_but_leaves_the_training_distribution() -> 
         heldout = np.asarray(render_prompt("red star", 0, i, 64, "heldout"), np.int64)
         assert np.abs(default - heldout).mean() > 1
         red = (heldout[..., 0] > 140) & (heldout[..., 1] < 90) & (heldout[..., 2] < 90)
-        assert red.mean() > 0.01, "the prompted object stays visible"
+        # (world v2 draws 15 % of main objects outlined: a contour of about 0.6 % of the pixels)
+        assert red.mean() > 0.004, "the prompted object stays visible"
 
 
 def test_toy_renderer_style_option(tmp_path: Path) -> None:

@@ -10,10 +10,14 @@ import torch
 from dndbench.cache import Cache
 from dndbench.describers.base import DESCRIBERS
 from dndbench.describers.milan.annotations import (
+    AnnotatedUnit,
+    catalogue_parts,
+    check_disjoint,
     concept_in_text,
     describe_concept,
     load_milannotations,
     plural,
+    toy_annotations,
 )
 from dndbench.describers.milan.checkpoint import from_released, load_any, to_released
 from dndbench.describers.milan.decoding import beam_search, decode, greedy, rerank
@@ -21,7 +25,7 @@ from dndbench.describers.milan.exemplars import compute_exemplars, top_images
 from dndbench.describers.milan.model import Decoder, EncoderSpec, LanguageModel, Milan, Sizes
 from dndbench.describers.milan.text import Vocab, tokenize
 from dndbench.describers.milan.training import FitConfig, bleu1, train_on_units
-from dndbench.errors import ConfigError
+from dndbench.errors import ConfigError, DataError
 from dndbench.testing.kit import check_describer, tiny_context
 from dndbench.testing.milan_fixture import make_milannotations
 
@@ -55,7 +59,99 @@ def test_vocab_round_trip() -> None:
     assert vocab.decode(ids[1:]) == "red things"
     assert plural("cross") == "crosses" and concept_in_text("star", "two stars")
     assert not concept_in_text("star", "starfish")
+    assert concept_in_text("crescent", "half moon shapes") and concept_in_text("red circle", "red discs")
     assert len(set(describe_concept("red", np.random.default_rng(0)))) == 3
+
+
+def test_descriptions_name_the_concept_and_vary_its_synonyms() -> None:
+    from dndbench.toyworld.planted import CATALOGUES
+
+    concepts = sorted({c for layer in CATALOGUES["milan"].values() for c in layer})
+    texts = []
+    for concept in concepts:
+        for seed in range(5):
+            found = describe_concept(concept, np.random.default_rng(seed))
+            assert len(set(found)) == 3 and concept_in_text(concept, found[0]), found
+            assert all(concept_in_text(concept, text) for text in found), found
+            texts += found
+    # synonyms are used, not only the concept's own name
+    assert any(t.startswith(("half moon", "moon", "crescent moon")) for t in texts)
+    assert any("violet" in t or "purplish" in t for t in texts)
+
+
+# -- disjoint from the test network ------------------------------------------------------------
+def _unit(*texts: str) -> AnnotatedUnit:
+    return AnnotatedUnit("layer1", 0, np.zeros((1, 3, 4, 4), np.uint8),
+                         np.ones((1, 1, 4, 4), np.float32), list(texts))
+
+
+def test_catalogues_are_disjoint_and_leaks_are_refused() -> None:
+    bench, milan = catalogue_parts("benchmark"), catalogue_parts("milan")
+    assert {"circle", "red", "brick wall", "zigzag", "two objects", "large object",
+            "outlined"} <= set(bench)
+    assert not set(bench) & set(milan)
+    # every description the annotator can write for a milan concept is clean
+    check_disjoint([_unit(*describe_concept(c, np.random.default_rng(s)))
+                    for c in milan for s in range(5)], "benchmark")
+    for leak in ("red things", "disc shapes", "bricks", "a big square", "two objects",
+                 "hollow shapes", "zig-zag patterns", "starry sky and stars"):
+        with pytest.raises(DataError, match="benchmark"):
+            check_disjoint([_unit("green things", leak)], "benchmark")
+    with pytest.raises(DataError, match="vocabulary"):
+        check_disjoint([], "benchmark", words=["green", "circles"])
+    with pytest.raises(DataError, match="unknown planted catalogue"):
+        catalogue_parts("nope")
+
+
+class _Spec:
+    def __init__(self, shape: str) -> None:
+        self.main = type("Main", (), {"shape": shape})()
+
+
+def test_toy_annotations_skip_test_concepts_and_disagreeing_class_units() -> None:
+    from types import SimpleNamespace
+
+    from dndbench.describers.milan.exemplars import Exemplars
+
+    classes = ["circle", "square", "diamond", "house"]
+    shown = {0: "circle", 1: "circle", 2: "diamond", 3: "house"}  # image i -> its main shape
+    model = SimpleNamespace(planted_concepts=lambda layer: {}, class_names=lambda: classes)
+    probe = SimpleNamespace(annotation=lambda i: None, spec=lambda i: _Spec(shown[i]))
+    ctx = SimpleNamespace(model=model, probe=probe, layer="fc", is_final_layer=True)
+    # unit 0 (circle): a test concept; unit 1 (square): its exemplars show circles
+    indices = np.array([[0, 1], [0, 1], [2, 2], [3, 2]])
+    ex = Exemplars([0, 1, 2, 3], indices, np.zeros((4, 2, 3, 4, 4), np.uint8),
+                   np.ones((4, 2, 1, 4, 4), np.float32), np.zeros(4))
+    from collections import Counter
+
+    skipped: Counter[str] = Counter()
+    units = toy_annotations(ctx, ex, exclude=catalogue_parts("benchmark"),  # type: ignore[arg-type]
+                            min_agreement=0.5, skipped=skipped)
+    assert [(u.unit, u.concept) for u in units] == [(2, "diamond"), (3, "house")]
+    assert skipped == {"class: test-network concept": 1, "class: exemplars disagree": 1}
+    kept = toy_annotations(ctx, ex, min_agreement=0.5)  # type: ignore[arg-type]
+    assert [u.concept for u in kept] == ["circle", "diamond", "house"]
+
+
+def test_generalisation_scores() -> None:
+    from dndbench.describers.milan.generalisation import score
+
+    figures = score([
+        {"layer": "layer1", "unit": 1, "concept": "red", "prediction": "orange things"},
+        {"layer": "layer1", "unit": 2, "concept": "red", "prediction": "crimson regions"},
+        {"layer": "layer3", "unit": 3, "concept": "red circle", "prediction": "red squares"},
+        {"layer": "layer3", "unit": 4, "concept": "star or water", "prediction": "sky"},
+        {"layer": "layer4", "unit": 5, "concept": "two objects", "prediction": "a pair of houses"},
+    ])
+    assert figures["units"] == 5 and figures["names_concept"] == pytest.approx(2 / 5)
+    assert figures["by_kind"]["single"] == {"units": 2, "names_concept": 0.5}
+    assert figures["by_kind"]["compositional"]["names_concept"] == 0.0
+    assert figures["by_kind"]["polysemantic"]["names_concept"] == 0.0
+    assert figures["by_kind"]["open-vocabulary"]["names_concept"] == 1.0
+    assert figures["by_layer"]["layer1"]["units"] == 2
+    # single concepts: both descriptions name a colour
+    assert figures["single_units"] == 2 and figures["same_category"] == 1.0
+    assert score([])["names_concept"] is None
 
 
 # -- exemplars ---------------------------------------------------------------------------------
@@ -230,6 +326,26 @@ def test_describer_refuses_the_annotation_network_and_non_toy_without_checkpoint
         DESCRIBERS.create(DESCRIBERS.config("milan", strategy="sample"))
 
 
+def test_describer_refuses_only_the_annotation_network(tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    from types import SimpleNamespace
+
+    from dndbench.toyworld.target_model import ToyNetConfig, ToyNetModel
+
+    describer = DESCRIBERS.create(DESCRIBERS.config("milan"))
+
+    def ctx(**options: object) -> SimpleNamespace:
+        return SimpleNamespace(model=ToyNetModel(ToyNetConfig(name="toynet", **options)))
+
+    with pytest.raises(ConfigError, match="trained on"):
+        describer._check_toy(ctx(seed=1, catalogue="milan"))
+    describer._check_toy(ctx(seed=1))  # same seed, the benchmark's concepts: a new network
+    describer._check_toy(ctx())
+    assert "milan" not in caplog.text
+    describer._check_toy(ctx(seed=0, catalogue="milan"))
+    assert "no test of MILAN" in caplog.text
+
+
 def test_describer_and_training_command_build_the_same_toy_milan() -> None:
     from dndbench.describers.milan.training import TOY_SIZES, ToyMilanConfig, toy_key
 
@@ -241,19 +357,58 @@ def test_describer_and_training_command_build_the_same_toy_milan() -> None:
         DESCRIBERS.create(DESCRIBERS.config("milan", sizes="huge"))
 
 
+def _tiny_toynet(cache: Cache, seed: int, catalogue: str, every_candidate: bool) -> None:
+    """Train a tiny ToyNet into ``cache``; with ``every_candidate`` record every planted
+    candidate as ground truth (a tiny network passes few selectivity gates)."""
+    import json
+
+    from dndbench.toyworld.target_model import ToyNetConfig, ToyNetModel
+
+    model = ToyNetModel(ToyNetConfig(name="toynet", seed=seed, train_images=200, epochs=1,
+                                     catalogue=catalogue))
+    model.cache = cache
+    meta_path = model.ensure_trained() / "meta.json"
+    if every_candidate:
+        meta = json.loads(meta_path.read_text())
+        meta["planted"] = {}
+        for u in meta["report"]["planted_units"]:
+            meta["planted"].setdefault(u["layer"], {})[str(u["unit"])] = u["concept"]
+        meta_path.write_text(json.dumps(meta))
+
+
 @pytest.mark.slow
 def test_toy_annotation_set_and_training(tmp_path: Path) -> None:
+    from dndbench.describers.milan.generalisation import UnseenConfig
     from dndbench.describers.milan.training import ToyMilanConfig, ensure_toy_milan
+    from dndbench.toyworld.planted import CATALOGUES
+    from dndbench.toyworld.synonyms import names_concept
 
     cfg = ToyMilanConfig(annotation_train_images=200, annotation_epochs=1, probe_size=120,
                          layers=("layer3", "fc"), k=5,
                          sizes={"embedding_size": 16, "hidden_size": 32, "lm_embedding_size": 16,
                                 "lm_hidden_size": 32},
-                         fit=FitConfig(epochs=3, lm_epochs=3, hold_out=0.2))
+                         fit=FitConfig(epochs=3, lm_epochs=3, hold_out=0.2),
+                         unseen=UnseenConfig(train_images=200, epochs=1, probe_size=120))
     cache = Cache(tmp_path)
+    _tiny_toynet(cache, 1, "milan", every_candidate=True)
+    _tiny_toynet(cache, 0, "benchmark", every_candidate=True)
     path = ensure_toy_milan(cfg, cache)
     milan = Milan.load(path)
-    report = milan.meta["report"]
-    assert report["units"] >= 12 + 8  # every fc unit and the planted layer3 units
+    meta, report = milan.meta, milan.meta["report"]
+    # every layer3 unit of the milan catalogue (all recorded here)
+    assert meta["annotations"]["planted"] == len(CATALOGUES["milan"]["layer3"])
+    assert meta["skipped_units"].get("class: test-network concept", 0) >= 1
     assert {"bleu1", "exact_match", "concept_accuracy"} <= set(report["held_out"])
-    assert "stars" in milan.vocab.words or "star" in milan.vocab.words
+    bench = catalogue_parts("benchmark")
+    assert not any(names_concept(w, p) for w in milan.vocab.words for p in bench)
+    assert set(meta["annotation_concepts"]).isdisjoint(bench)
+    general = report["generalisation"]
+    assert general["vocabulary_names_a_test_concept"] == []
+    unseen = general["unseen_concepts"]
+    # every candidate of the benchmark catalogue
+    assert unseen["units"] == sum(len(c) for c in CATALOGUES["benchmark"].values())
+    assert {"single", "compositional", "polysemantic", "open-vocabulary"} <= set(unseen["by_kind"])
+    # a closed-vocabulary captioner cannot name a word it never saw
+    assert unseen["names_concept"] == 0.0
+    assert general["seen_concepts"]["units"] == report["held_out_units"]
+    assert general["test_network"]["catalogue"] == "benchmark"

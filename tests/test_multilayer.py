@@ -128,9 +128,9 @@ def test_toynet_planted_config_covers_every_planted_layer(monkeypatch: pytest.Mo
     recorded planted units are read from the config the weights would be trained with)."""
     from dndbench.models.base import MODELS
     from dndbench.toyworld.target_model import ToyNetModel
-    from dndbench.toyworld.train_toynet import TrainConfig
+    from dndbench.toyworld.train_toynet import TrainConfig, planted_map
 
-    planted = TrainConfig().planted
+    planted = planted_map(TrainConfig())
     meta = {"planted": {layer: {str(u): c for u, c in units.items()} for layer, units in planted.items()}}
     monkeypatch.setattr(ToyNetModel, "meta", lambda self: meta)
     job = compose_spec(["neurons=planted"])

@@ -22,6 +22,10 @@ def probe() -> ToyWorldProbe:
     return ToyWorldProbe(ToyWorldConfig(name="toyworld", seed=4321, size=48))
 
 
+#: a tiny toy-backend training (the tests check plumbing, not accuracy)
+TINY = dict(train_images=96, epochs=1, test_images=16)
+
+
 def _backend(registry, name: str, tmp_path: Path, **options):
     return registry.create(registry.config(name, device="cpu", **options),
                            services=services(Cache(tmp_path)))
@@ -86,19 +90,53 @@ def test_the_oracle_vlm_matches_images_with_their_concepts(tmp_path: Path,
     assert (emb @ unknown[1] > 0).sum() >= 1  # plurals and synonyms count
 
 
+def test_the_oracle_vlm_knows_the_open_vocabulary_concepts(tmp_path: Path,
+                                                          probe: ToyWorldProbe) -> None:
+    from dndbench.toyworld.render import shows
+
+    vlm = _backend(VLMS, "oracle", tmp_path)
+    images = [probe.image(i) for i in range(len(probe))]
+    emb = vlm.encode_images(images)
+    for concept, text in (("large object", "a huge shape"), ("outlined", "hollow"),
+                          ("zigzag", "zig-zag"), ("two objects", "a pair of objects")):
+        truth = np.array([shows(*probe._render(i)[1:], concept) for i in range(len(probe))])
+        assert 0 < truth.sum() < len(truth), concept
+        scores = emb @ vlm.encode_texts([text])[0]
+        assert ((scores > 0) == truth).all(), concept
+
+
+def test_the_oracle_caption_names_the_open_vocabulary_concepts(tmp_path: Path,
+                                                              probe: ToyWorldProbe) -> None:
+    from dndbench.toyworld.render import shows
+    from dndbench.toyworld.synonyms import names_concept
+    from dndbench.toyworld.world import LARGE_RADIUS
+
+    captions = _backend(CAPTIONERS, "oracle", tmp_path).caption(
+        [probe.image(i) for i in range(len(probe))])
+    for i, text in enumerate(captions):
+        spec, mask = probe._render(i)[1:]
+        main = spec.main  # the caption names the main object's style, not the distractor's
+        assert names_concept(text, "large object") == (main.radius >= LARGE_RADIUS), text
+        assert names_concept(text, "outlined") == main.outlined, text
+        assert names_concept(text, "zigzag") == (main.texture == "zigzag"), text
+        assert names_concept(text, "two objects") == shows(spec, mask, "two objects"), text
+    assert any(names_concept(c, "two objects") for c in captions)
+
+
 # -- weakened backends ---------------------------------------------------------------------------
 @pytest.mark.parametrize("fraction", [0.0, 0.3, 1.0])
 def test_slot_corruption_hits_the_seeded_fraction(probe: ToyWorldProbe, fraction: float) -> None:
     from dndbench.toyworld.backend_network import SLOTS
-    from dndbench.toyworld.weak_backends import corrupt_slots
+    from dndbench.toyworld.weak_backends import CORRUPTED_SLOTS, corrupt_slots
 
     images = [probe.image(i) for i in range(len(probe))]
     preds = {slot: np.zeros(len(images), np.int64) for slot in SLOTS}
     out, hit = corrupt_slots(preds, images, fraction, seed=3)
-    share = np.mean([hit[s].mean() for s in SLOTS])
+    share = np.mean([hit[s].mean() for s in CORRUPTED_SLOTS])
     assert abs(share - fraction) <= 0.1
     for slot in SLOTS:  # a corrupted slot always holds another value
         assert ((out[slot] != 0) == hit[slot]).all()
+    assert not hit["object"].any()  # the view keeps its object: a caption stays a caption
     again, _ = corrupt_slots(preds, images, fraction, seed=3)
     assert all((again[s] == out[s]).all() for s in SLOTS)
     other, _ = corrupt_slots(preds, images, fraction, seed=4)
@@ -108,9 +146,9 @@ def test_slot_corruption_hits_the_seeded_fraction(probe: ToyWorldProbe, fraction
 def test_the_weak_captioner_is_the_toy_captioner_at_fraction_zero(tmp_path: Path,
                                                                  probe: ToyWorldProbe) -> None:
     images = [probe.image(i) for i in range(16)]
-    toy = _backend(CAPTIONERS, "toy", tmp_path).caption(images)
-    assert _backend(CAPTIONERS, "toy_weak", tmp_path, fraction=0.0).caption(images) == toy
-    weak = _backend(CAPTIONERS, "toy_weak", tmp_path, fraction=0.5).caption(images)
+    toy = _backend(CAPTIONERS, "toy", tmp_path, **TINY).caption(images)
+    assert _backend(CAPTIONERS, "toy_weak", tmp_path, fraction=0.0, **TINY).caption(images) == toy
+    weak = _backend(CAPTIONERS, "toy_weak", tmp_path, fraction=0.5, **TINY).caption(images)
     assert weak != toy and len(weak) == len(toy)
     with pytest.raises(ConfigError, match="fraction"):
         _backend(CAPTIONERS, "toy_weak", tmp_path, fraction=1.5)
@@ -119,8 +157,8 @@ def test_the_weak_captioner_is_the_toy_captioner_at_fraction_zero(tmp_path: Path
 def test_the_weak_vlm_swaps_the_seeded_share_of_images(tmp_path: Path,
                                                        probe: ToyWorldProbe) -> None:
     images = [probe.image(i) for i in range(24)]
-    toy = _backend(VLMS, "toy", tmp_path).encode_images(images)
-    weak_vlm = _backend(VLMS, "toy_weak", tmp_path, fraction=0.5)
+    toy = _backend(VLMS, "toy", tmp_path, **TINY).encode_images(images)
+    weak_vlm = _backend(VLMS, "toy_weak", tmp_path, fraction=0.5, **TINY)
     weak = weak_vlm.encode_images(images)
     swapped = [text is not None for text in weak_vlm.corrupted(images)]
     assert 0 < sum(swapped) < len(images)

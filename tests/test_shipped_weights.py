@@ -42,7 +42,9 @@ def test_every_shipped_file_matches_its_manifest_entry() -> None:
         assert {"config", "report"} <= set(entry["meta"]) and entry["accuracy"]
         assert {"threads", "cpu_capability", "torch"} <= set(entry["trained_on"])
         total += entry["bytes"]
-    assert total < 10e6, "the shipped weights stay a few MB"
+    # float16 files: ToyNet 1.8 MB, toy backends 5.4 MB, toy MILAN 3.3 MB (its frozen encoder is a
+    # whole ToyNet)
+    assert total < 12e6, "the shipped weights stay a few MB"
 
 
 def test_the_shipped_fingerprints_are_the_default_configs() -> None:
@@ -129,6 +131,7 @@ def test_a_damaged_file_is_refused(tmp_path: Path) -> None:
 
 # -- retraining reproduces the shipped figures (within a tolerance: other machines differ) -----
 @pytest.mark.slow
+@pytest.mark.retrain
 def test_retraining_the_toy_backends_reaches_the_recorded_accuracy(tmp_path: Path) -> None:
     from dndbench.toyworld.train_toy_backends import BackendTrainConfig, train
 
@@ -139,6 +142,7 @@ def test_retraining_the_toy_backends_reaches_the_recorded_accuracy(tmp_path: Pat
 
 
 @pytest.mark.slow
+@pytest.mark.retrain
 def test_retraining_toynet_reaches_the_recorded_accuracy(tmp_path: Path) -> None:
     from dndbench.toyworld.train_toynet import TrainConfig, train
 
@@ -147,6 +151,9 @@ def test_retraining_toynet_reaches_the_recorded_accuracy(tmp_path: Path) -> None
     assert abs(meta["report"]["test_accuracy"] - recorded["test_accuracy"]) <= 0.03
     aucs = [u["auc"] for u in meta["report"]["planted_units"]]
     assert abs(float(np.mean(aucs)) - recorded["planted_auc_mean"]) <= 0.02
+    shipped = weights.manifest()["toynet"]["meta"]["planted"]
+    passed = sum(u["gate"] for u in meta["report"]["planted_units"])
+    assert passed >= sum(len(v) for v in shipped.values()) - 3
 
 
 def test_exporting_the_installed_weights_gives_the_shipped_files(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from dndbench.toyworld.render import annotate, concept_mask, generate, render, t
 from dndbench.toyworld.world import (
     CATEGORIES,
     COLOURS,
+    EXTRA_TEXTURES,
     SCENES,
     SHAPES,
     TEXTURES,
@@ -61,14 +62,19 @@ def test_masks_match_specs():
         assert ann.categories == set(CATEGORIES)
         assert ann.image_level["scene"] == [concept_id(spec.scene)]
         main = mask == 1
-        assert main.mean() > 0.03, "the main object should be clearly visible"
+        # an outlined main object is only its contour
+        assert main.mean() > (0.01 if spec.main.outlined else 0.03), "the main object is hidden"
+        def label(obj, category):  # extra textures (zigzag) are no concept: label 0
+            name = getattr(obj, category)
+            return 0 if name in EXTRA_TEXTURES else concept_id(name)
+
         for category in ("shape", "colour", "texture"):
             labels = ann.pixel[category][0]
             assert labels.dtype.kind == "i"
-            assert np.all(labels[main] == concept_id(getattr(spec.main, category)))
+            assert np.all(labels[main] == label(spec.main, category))
             assert np.all(labels[mask == 0] == 0)
             for k, obj in enumerate(spec.objects[1:], start=2):
-                assert np.all(labels[mask == k] == concept_id(getattr(obj, category)))
+                assert np.all(labels[mask == k] == label(obj, category))
         assert concept_mask(spec, mask, spec.scene).all()
         assert np.array_equal(concept_mask(spec, mask, spec.main.shape), np.isin(
             mask, [k + 1 for k, o in enumerate(spec.objects) if o.shape == spec.main.shape]))
@@ -100,7 +106,7 @@ def test_partial_specs_and_text():
 def test_every_shape_renders_a_sizeable_mask():
     rng = np.random.default_rng(2)
     for shape in SHAPES:
-        spec = sample_scene(rng, shape=shape, distractor=False)
+        spec = sample_scene(rng, shape=shape, distractor=False, outlined=False)
         spec = SceneSpec(spec.scene, (with_main(spec, cx=0.5, cy=0.5, radius=0.3).main,),
                          spec.detail_seed, spec.noise)
         area = (render(spec)[1] == 1).mean()
@@ -170,7 +176,7 @@ def test_training_is_deterministic_and_cached(tmp_path):
     import torch
 
     from dndbench.models.base import MODELS
-    from dndbench.toyworld.train_toynet import TrainConfig, train
+    from dndbench.toyworld.train_toynet import TrainConfig, planted_map, train
 
     config = TrainConfig(train_images=96, test_images=32, epochs=1, batch_size=32)
     meta_a = train(config, tmp_path / "a", progress=False, workers=1)
@@ -180,9 +186,13 @@ def test_training_is_deterministic_and_cached(tmp_path):
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     meta = json.loads((tmp_path / "a" / "meta.json").read_text())
     assert meta["class_names"] == list(SHAPES)
-    assert meta["planted"]["layer3"] and meta_a["key"] == meta_b["key"]
+    assert meta_a["key"] == meta_b["key"]
     units = meta["report"]["planted_units"]
-    assert {u["concept"] for u in units} <= {c.name for c in all_concepts()}
+    assert len(units) == sum(len(v) for v in planted_map(config).values())
+    assert all({"auc", "top10", "gate", "pixel_auc"} <= set(u) for u in units)
+    # only the units that passed the gate are recorded as ground truth
+    recorded = {(layer, int(k)) for layer, v in meta["planted"].items() for k in v}
+    assert recorded == {(u["layer"], u["unit"]) for u in units if u["gate"]}
     assert 0.0 <= meta["report"]["test_accuracy"] <= 1.0
 
     model = MODELS.create("toynet", train_images=96, epochs=1)
@@ -191,12 +201,23 @@ def test_training_is_deterministic_and_cached(tmp_path):
     folder = model.weights_dir()
     assert (folder / "weights.pt").exists() and (folder / "meta.json").exists()
     assert folder.name == model.weights_fingerprint()
-    planted = model.planted_concepts("layer3")
-    assert planted and all(isinstance(u, int) for u in planted)
-    assert model.planted_concepts("layer4") == {}
+    recorded_layer3 = model.meta()["planted"].get("layer3", {})
+    assert model.planted_concepts("layer3") == {int(k): c for k, c in recorded_layer3.items()}
+    assert model.planted_concepts("layer9") == {}
     mtime = (folder / "weights.pt").stat().st_mtime
     again = MODELS.create("toynet", train_images=96, epochs=1)
     again.cache = Cache(tmp_path / "cache")
     again.network(pretrained=True)
     assert (folder / "weights.pt").stat().st_mtime == mtime, "second use must not retrain"
     assert isinstance(net, torch.nn.Module)
+
+
+def test_second_objects_are_small_plain_and_of_the_six_distractor_shapes():
+    from dndbench.toyworld.world import DISTRACTOR_RADIUS_RANGE, DISTRACTOR_SHAPES, sample_scene
+
+    rng = np.random.default_rng(0)
+    seconds = [s.objects[1] for s in (sample_scene(rng, distractor=True) for _ in range(200))]
+    assert {o.shape for o in seconds} == set(DISTRACTOR_SHAPES)
+    assert all(o.texture == "plain" for o in seconds)
+    low, high = DISTRACTOR_RADIUS_RANGE
+    assert all(low <= o.radius <= high for o in seconds)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -53,12 +54,27 @@ def test_containment_reads_the_annotations(concept: str, expected: bool) -> None
     assert R.contains(concept, annotate(spec, mask), spec, mask) is expected
 
 
-def test_an_open_vocabulary_part_needs_a_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_open_vocabulary_parts_are_read_from_the_spec() -> None:
     spec, mask = _scene()
     annotation = annotate(spec, mask)
-    assert R.contains("large objects", annotation, spec, mask) is None
-    monkeypatch.setitem(R.PRESENCE_RULES, "large objects", lambda s, m: s.main.radius > 0.2)
-    assert R.contains("large objects", annotation, spec, mask) is True
+    assert R.contains("two objects", annotation) is None  # an annotation cannot tell
+    assert R.contains("two objects", annotation, spec, mask) is True
+    assert R.contains("large object", annotation, spec, mask) is False  # radius 0.25
+    big = replace(spec, objects=(replace(spec.main, radius=0.4, cx=0.5, cy=0.5),))
+    big_mask = render(big)[1]
+    assert R.contains("large object", annotate(big, big_mask), big, big_mask) is True
+    assert R.contains("two objects", annotate(big, big_mask), big, big_mask) is False
+    outlined = replace(spec, objects=(replace(spec.main, outlined=True, texture="plain"),))
+    o_mask = render(outlined)[1]
+    assert R.contains("outlined", annotate(outlined, o_mask), outlined, o_mask) is True
+    assert R.contains("outlined", annotation, spec, mask) is False
+    # an outline covers far fewer pixels than the filled shape
+    assert 0 < (o_mask == 1).sum() < 0.6 * (mask == 1).sum()
+    zig = replace(spec, objects=(replace(spec.main, texture="zigzag"),))
+    z_mask = render(zig)[1]
+    assert R.contains("zigzag", annotate(zig, z_mask), zig, z_mask) is True
+    assert R.contains("zigzag", annotation, spec, mask) is False
+    assert (annotate(zig, z_mask).pixel["texture"][0][z_mask == 1] == 0).all()  # no label
 
 
 @pytest.mark.parametrize("concept, kind", [
@@ -73,9 +89,11 @@ def test_planted_entries_read_strings_and_dicts() -> None:
     meta = {"planted": {"layer3": {"9": "blue", "2": {"concept": "red circle"}},
                         "layer1": {"4": {"name": "outlined", "kind": "open-vocabulary"}}}}
     assert R.planted_entries(meta) == [
-        {"layer": "layer1", "unit": 4, "concept": "outlined", "kind": "open-vocabulary"},
-        {"layer": "layer3", "unit": 2, "concept": "red circle", "kind": "compositional"},
-        {"layer": "layer3", "unit": 9, "concept": "blue", "kind": "single"}]
+        {"layer": "layer1", "unit": 4, "concept": "outlined", "kind": "open-vocabulary",
+         "recorded": True},
+        {"layer": "layer3", "unit": 2, "concept": "red circle", "kind": "compositional",
+         "recorded": True},
+        {"layer": "layer3", "unit": 9, "concept": "blue", "kind": "single", "recorded": True}]
 
 
 def test_captions_are_read_back_into_their_slots() -> None:
@@ -122,7 +140,13 @@ def test_a_report_has_every_field(tiny_report: dict) -> None:
     report = tiny_report
     assert report["model"]["shipped"] and 0 <= report["model"]["test_accuracy"] <= 1
     assert 0 <= report["model"]["probe_accuracy"] <= 1
-    assert len(report["planted_units"]) == 11
+    from dndbench.toyworld import weights
+    from dndbench.toyworld.train_toynet import TrainConfig, planted_list
+
+    # every candidate of the catalogue, recorded or not; the recorded ones are the shipped ground truth
+    assert len(report["planted_units"]) == len(planted_list(TrainConfig()))
+    shipped = weights.manifest()["toynet"]["meta"]["planted"]
+    assert report["planted_summary"]["recorded"] == sum(len(v) for v in shipped.values())
     for unit in report["planted_units"]:
         assert {"layer", "unit", "concept", "kind", "auc", "top10", "gate"} <= set(unit)
         assert unit["gate"] == R.passes_gate(unit["auc"], unit["top10"])
@@ -159,6 +183,6 @@ def test_the_command_writes_the_json(tmp_path: Path, tiny_report: dict,
     monkeypatch.setattr(R, "build_report", lambda *args, **kwargs: tiny_report)
     assert main(["toyworld-report", "--json", str(tmp_path / "r.json"), "--no-candidates"]) == 0
     written = json.loads((tmp_path / "r.json").read_text())
-    assert written["planted_summary"]["units"] == 11
+    assert written["planted_summary"]["units"] == len(tiny_report["planted_units"])
     assert math.isclose(written["model"]["test_accuracy"], tiny_report["model"]["test_accuracy"])
     assert "planted units" in capsys.readouterr().out

@@ -22,10 +22,11 @@ from dataclasses import dataclass
 
 from dndbench.backends.base import LLM, LLMS, BackendConfig, Messages
 
+#: words no summary keeps ("two", "large" and "big" stay: open-vocabulary units need them)
 STOP_WORDS = frozenset("""
 a an the and or but of on in at to for from with without by as into onto over under near
 next behind front top bottom left right middle is are was were be been being it its this that
-these those there here some any one two three several many few small large big little very
+these those there here some any one three several many few small little very
 image images photo photos picture pictures realistic showing shows shown depicting view
 kind sort type""".split())
 #: toy concept categories in answer order

@@ -9,15 +9,20 @@ crops and resized copies inherit it from their image.  A crop is described by it
 spec (its box is not recorded).  An image the lookup does not know (not a toy image) gets an
 empty caption / a vector on an axis of its own, and a warning.
 
-* ``captioner=oracle``: the spec's canonical caption, the template the toy captioner is trained
-  on ("a red striped star on grass and a small blue circle");
-* ``vlm=oracle``: a bag-of-concepts space with one axis per toy-world concept plus ``<unk>``.
-  An image is the weighted sum of the concepts it shows (main object's shape, colour, texture
-  and the scene weigh 1, a visible distractor's shape, colour and texture
-  :attr:`OracleVLMConfig.distractor_weight`); a text is the sum of the concepts it names
-  (synonyms and plurals count, :func:`dndbench.toyworld.synonyms.mentions`), or ``<unk>`` when
-  it names none, so such a text matches no image.  Both are L2-normalised: an image-text
-  similarity is the share of concepts they have in common.
+* ``captioner=oracle``: the spec's canonical caption, the form the toy captioner is trained
+  to produce ("a large red outlined circle on grass and a small blue star as a second
+  object"; :func:`dndbench.toyworld.captions.slots_caption`), its distractor named only when
+  visible;
+* ``vlm=oracle``: a bag-of-concepts space with one axis per toy-world concept, one per
+  open-vocabulary concept (:data:`~dndbench.toyworld.world.OPEN_CONCEPTS`: ``large object``,
+  ``outlined``, ``zigzag``, ``two objects``), plus ``<unk>``.  An image is the weighted sum of
+  the concepts it shows (main object's shape, colour, texture, outline and size and the scene
+  weigh 1, a visible distractor's shape, colour and texture
+  :attr:`OracleVLMConfig.distractor_weight`, "two objects" 1 when a distractor is visible); a
+  text is the sum of the concepts it names (synonyms and plurals count,
+  :func:`dndbench.toyworld.synonyms.names_concept`), or ``<unk>`` when it names none, so such a
+  text matches no image.  Both are L2-normalised: an image-text similarity is the share of
+  concepts they have in common.
 """
 from __future__ import annotations
 
@@ -82,9 +87,11 @@ class OracleCaptioner(_Oracle, Captioner[OracleCaptionerConfig]):
         return "toyworld-oracle-captioner"
 
     def _caption_batch(self, images: list["Image.Image"]) -> list[str]:
-        from dndbench.toyworld.captions import caption
+        from dndbench.toyworld.captions import slots_caption, spec_slots
+        from dndbench.toyworld.render import render
 
-        return ["" if spec is None else caption(spec, 0, self.config.distractor)
+        return ["" if spec is None else slots_caption(spec_slots(spec, render(spec)[1]), 0,
+                                                      self.config.distractor)
                 for spec in self.specs(images)]
 
 
@@ -101,11 +108,11 @@ UNK, UNIDENTIFIED = "<unk>", "<unidentified image>"
 
 
 def concept_axes() -> list[str]:
-    """The axes of the oracle VLM's space: every toy-world concept, ``<unk>`` and
-    ``<unidentified image>``."""
-    from dndbench.toyworld.world import all_concepts
+    """The axes of the oracle VLM's space: every toy-world concept, every open-vocabulary
+    concept, ``<unk>`` and ``<unidentified image>``."""
+    from dndbench.toyworld.world import OPEN_CONCEPTS, all_concepts
 
-    return [c.name for c in all_concepts()] + [UNK, UNIDENTIFIED]
+    return [c.name for c in all_concepts()] + list(OPEN_CONCEPTS) + [UNK, UNIDENTIFIED]
 
 
 def image_vector(spec: "SceneSpec", distractor_weight: float = 0.5,
@@ -114,15 +121,22 @@ def image_vector(spec: "SceneSpec", distractor_weight: float = 0.5,
     1-based, that the image shows; default all)."""
     import numpy as np
 
+    from dndbench.toyworld.world import LARGE_RADIUS
+
     axes = {name: i for i, name in enumerate(concept_axes())}
     vector = np.zeros(len(axes), np.float64)
     vector[axes[spec.scene]] += 1.0
-    for k, obj in enumerate(spec.objects):
-        if visible is not None and k + 1 not in visible:
-            continue
+    shown = [k for k in range(len(spec.objects)) if visible is None or k + 1 in visible]
+    for k in shown:
+        obj = spec.objects[k]
         weight = 1.0 if k == 0 else distractor_weight
-        for name in (obj.shape, obj.colour, obj.texture):
+        names = [obj.shape, obj.colour, obj.texture] + (["outlined"] if obj.outlined else [])
+        if k == 0 and obj.radius >= LARGE_RADIUS:
+            names.append("large object")
+        for name in names:
             vector[axes[name]] = max(vector[axes[name]], weight)
+    if len(shown) >= 2:
+        vector[axes["two objects"]] = 1.0
     return vector
 
 
@@ -130,11 +144,11 @@ def text_vector(text: str) -> "np.ndarray":
     """The unnormalised bag of the concepts ``text`` names (``<unk>`` alone if none)."""
     import numpy as np
 
-    from dndbench.toyworld.synonyms import mentions
+    from dndbench.toyworld.synonyms import names_concept
 
     axes = concept_axes()
-    vector = np.array([1.0 if name not in (UNK, UNIDENTIFIED) and mentions(text, name) else 0.0
-                       for name in axes])
+    vector = np.array([1.0 if name not in (UNK, UNIDENTIFIED) and names_concept(text, name)
+                       else 0.0 for name in axes])
     if not vector.any():
         vector[axes.index(UNK)] = 1.0
     return vector
@@ -148,13 +162,16 @@ def _normalised(rows: list["np.ndarray"]) -> "np.ndarray":
 
 
 def visible_objects(spec: "SceneSpec") -> set[int]:
-    """The object numbers (1-based) with at least one pixel in the rendered image."""
+    """The object numbers (1-based) the rendered image shows on at least
+    :data:`~dndbench.toyworld.render.MIN_VISIBLE_FRACTION` of its pixels."""
     import numpy as np
 
-    from dndbench.toyworld.render import render
+    from dndbench.toyworld.render import MIN_VISIBLE_FRACTION, render
 
     _, mask = render(spec)
-    return {int(v) for v in np.unique(mask) if v > 0}
+    values, counts = np.unique(mask, return_counts=True)
+    return {int(v) for v, n in zip(values, counts)
+            if v > 0 and n >= MIN_VISIBLE_FRACTION * mask.size}
 
 
 @VLMS.register("oracle")

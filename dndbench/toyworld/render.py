@@ -15,7 +15,13 @@ import numpy as np
 
 from dndbench.probes.base import Annotation
 from dndbench.toyworld.world import (
+    COLOURS,
+    EXTRA_TEXTURES,
+    LARGE_RADIUS,
     PIXEL_CATEGORIES,
+    SCENES,
+    SHAPES,
+    TEXTURES,
     ObjectSpec,
     SceneSpec,
     concept_id,
@@ -130,6 +136,9 @@ def _texture_factor(texture: str, tu: Array, tv: Array, period: float, phase: fl
         return (np.sin(2 * np.pi * ((tv + bend) / period + phase)) > 0).astype(np.float32)
     if texture == "noisy":
         return (rng.random(tu.shape) < 0.45).astype(np.float32)
+    if texture == "zigzag":  # an extra texture (world.EXTRA_TEXTURES): sharp chevron stripes
+        saw = np.abs(np.mod(tu / period + phase, 1.0) - 0.5)  # triangle wave along u
+        return (np.mod(tv / period + 1.2 * saw, 1.0) < 0.5).astype(np.float32)
     raise ValueError(f"unknown texture {texture!r}")
 
 
@@ -255,6 +264,12 @@ def _bounding_box(obj: ObjectSpec, size: int) -> tuple[int, int, int, int] | Non
     return (y0, y1, x0, x1) if y1 > y0 and x1 > x0 else None
 
 
+#: width of an outlined object's contour, in pixels of a 64-pixel image
+OUTLINE_WIDTH = 2.5
+#: an image shows a concept when at least this fraction of its pixels do (4 pixels at 64 px)
+MIN_VISIBLE_FRACTION = 4 / 4096
+
+
 def _draw_object(img: Array, mask: Array, obj: ObjectSpec, label: int,
                  rng: np.random.Generator) -> None:
     """Composite ``obj`` onto ``img`` in place and write ``label`` into ``mask`` where it is."""
@@ -264,7 +279,11 @@ def _draw_object(img: Array, mask: Array, obj: ObjectSpec, label: int,
         return
     y0, y1, x0, x1 = box
     u_ss, w_ss = _object_frame(obj, size, box, SUPERSAMPLE)
-    fine = shape_mask(obj.shape, u_ss, w_ss).astype(np.float32)
+    fine = shape_mask(obj.shape, u_ss, w_ss)
+    if obj.outlined:  # the contour: the shape minus a shrunken copy, about 2.5 pixels wide
+        shrink = max(0.3, 1.0 - OUTLINE_WIDTH / (obj.radius * REFERENCE_SIZE))
+        fine = fine & ~shape_mask(obj.shape, u_ss / shrink, w_ss / shrink)
+    fine = fine.astype(np.float32)
     h, w = y1 - y0, x1 - x0
     alpha = fine.reshape(h, SUPERSAMPLE, w, SUPERSAMPLE).sum(axis=(1, 3)) / SUPERSAMPLE ** 2
 
@@ -300,20 +319,63 @@ def render(spec: SceneSpec, size: int = REFERENCE_SIZE) -> tuple[Array, Array]:
 # -- annotations and the image generator -----------------------------------------------------
 def annotate(spec: SceneSpec, mask: Array) -> Annotation:
     """Concept labels of a rendered spec: shape/colour/texture per object pixel (one label
-    layer each), the scene as an image-level label."""
+    layer each), the scene as an image-level label.  Extra textures (``zigzag``) are no world
+    concept: their pixels carry no texture label (0)."""
     pixel = {}
     for category in PIXEL_CATEGORIES:
-        ids = np.array([0] + [concept_id(getattr(o, category)) for o in spec.objects], np.int32)
+        ids = np.array([0] + [_label(getattr(o, category)) for o in spec.objects], np.int32)
         pixel[category] = ids[mask][None]
     return Annotation(pixel=pixel, image_level={"scene": [concept_id(spec.scene)]})
 
 
-def concept_mask(spec: SceneSpec, mask: Array, name: str) -> Array:
-    """Boolean (H, W) mask of the pixels where concept ``name`` holds (whole image for a scene)."""
-    if name == spec.scene:
-        return np.ones(mask.shape, bool)
-    hits = [k + 1 for k, o in enumerate(spec.objects) if name in (o.shape, o.colour, o.texture)]
+def _label(name: str) -> int:
+    return 0 if name in EXTRA_TEXTURES else concept_id(name)
+
+
+def _objects_where(spec: SceneSpec, mask: Array, holds: Callable[[int, ObjectSpec], bool]) -> Array:
+    hits = [k + 1 for k, o in enumerate(spec.objects) if holds(k, o)]
     return np.isin(mask, hits) if hits else np.zeros(mask.shape, bool)
+
+
+def _part_mask(spec: SceneSpec, mask: Array, part: str) -> Array:
+    """Pixels where one part of a concept string holds (a world concept, an extra texture or
+    an :data:`~dndbench.toyworld.world.OPEN_CONCEPTS` entry)."""
+    if part in SCENES:
+        return np.full(mask.shape, part == spec.scene, bool)
+    if part == "large object":
+        return _objects_where(spec, mask, lambda k, o: k == 0 and o.radius >= LARGE_RADIUS)
+    if part == "outlined":
+        return _objects_where(spec, mask, lambda k, o: o.outlined)
+    if part == "two objects":
+        visible = [k + 1 for k in range(len(spec.objects)) if (mask == k + 1).sum()
+                   >= MIN_VISIBLE_FRACTION * mask.size]
+        return np.isin(mask, visible) if len(visible) >= 2 else np.zeros(mask.shape, bool)
+    if part in SHAPES or part in COLOURS or part in TEXTURES + EXTRA_TEXTURES:
+        return _objects_where(spec, mask, lambda k, o: part in (o.shape, o.colour, o.texture))
+    raise KeyError(f"no pixel rule for concept part {part!r}")
+
+
+def concept_mask(spec: SceneSpec, mask: Array, name: str) -> Array:
+    """Boolean (H, W) mask of the pixels where concept string ``name`` holds (whole image for a
+    scene).  A concept string is alternatives of parts
+    (:func:`~dndbench.toyworld.synonyms.concept_parts`): the parts of an alternative must hold
+    on the same pixels ("red circle": one object both red and a circle; "star on water": star
+    pixels when the scene is water), alternatives are united ("star or water")."""
+    from dndbench.toyworld.synonyms import concept_parts
+
+    out = np.zeros(mask.shape, bool)
+    for alternative in concept_parts(name):
+        pixels = np.ones(mask.shape, bool)
+        for part in alternative:
+            pixels &= _part_mask(spec, mask, part)
+        out |= pixels
+    return out
+
+
+def shows(spec: SceneSpec, mask: Array, name: str) -> bool:
+    """Whether the rendered image shows concept string ``name`` (on at least
+    :data:`MIN_VISIBLE_FRACTION` of its pixels): the ground truth of the selectivity gate."""
+    return bool(concept_mask(spec, mask, name).sum() >= MIN_VISIBLE_FRACTION * mask.size)
 
 
 def generate(seed: int, index: int, size: int = REFERENCE_SIZE) -> tuple[Array, SceneSpec, Array]:

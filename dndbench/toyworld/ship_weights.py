@@ -116,9 +116,13 @@ def export(cache_root: Path, out: Path | None = None,
             entry["payload"] = {k: payload[k] for k in ("format", "words", "spec", "sizes")}
         else:
             tensors = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
-        tensors = {k: v.contiguous() for k, v in tensors.items()}
+        # stored as float16 (half the size); loading casts back to float32, exactly, so every
+        # machine runs the same numbers (the sample check below is of the rounded weights)
+        tensors = {k: (v.half() if v.dtype == torch.float32 else v).contiguous()
+                   for k, v in tensors.items()}
         with atomic_path(out / FILES[kind]) as tmp:
             save_file(tensors, str(tmp))
+        tensors = {k: v.float() if v.dtype == torch.float16 else v for k, v in tensors.items()}
         entry["sha256"] = sha256(out / FILES[kind])
         entry["bytes"] = (out / FILES[kind]).stat().st_size
         entry["trained_on"] = dict(trained_on or {})
@@ -162,12 +166,16 @@ def sample_check(kind: str, state: dict[str, Any], meta: dict[str, Any],
 
     config = meta["config"]
     if kind == "toynet":
-        from dndbench.toyworld.network import ToyNet, normalise
-        from dndbench.toyworld.train_toynet import TRAIN_STREAM_BASE, make_data
-        from dndbench.toyworld.world import SHAPES
+        from dndbench.toyworld.network import normalise
+        from dndbench.toyworld.train_toynet import (
+            TRAIN_STREAM_BASE,
+            build_network,
+            config_from_dict,
+            make_data,
+        )
 
         data = make_data(TRAIN_STREAM_BASE + 2 * int(config["seed"]) + 1, images, [], workers=1)
-        net = ToyNet(len(SHAPES), tuple(config["widths"]), int(config["blocks"]))
+        net = build_network(config_from_dict(config))
         net.load_state_dict(state)
         with torch.no_grad():
             logits = net.eval()(normalise(torch.from_numpy(data.images))).numpy()

@@ -135,13 +135,21 @@ def concept_parts(concept: str) -> list[list[str]]:
 def names_concept(text: str, concept: str) -> bool:
     """Whether ``text`` names ``concept``: every part of every alternative must be mentioned
     (so a polysemantic "A or B" needs both A and B); a part that is not a world concept must
-    appear verbatim as whole words."""
+    appear as whole words, itself or one of its :func:`open_synonyms`."""
     lowered = normalise_text(text)
     for alternative in concept_parts(concept):
         for part in alternative:
             if part in _world_names():
                 if not mentions(lowered, part):
                     return False
-            elif not _pattern(part).search(lowered):
+            elif not any(_pattern(form).search(lowered) for form in open_synonyms(part)):
                 return False
     return True
+
+
+def open_synonyms(part: str) -> tuple[str, ...]:
+    """The words naming a part that is no world concept: itself, plus its synonyms when it is
+    one of :data:`~dndbench.toyworld.world.OPEN_CONCEPTS` (``"zigzag"``, ``"large object"``...)."""
+    from dndbench.toyworld.world import OPEN_CONCEPTS
+
+    return (part, *OPEN_CONCEPTS.get(normalise_text(part), ()))

@@ -3,7 +3,7 @@
 Weights live in ``<cache>/toynet/<key>/`` (``weights.pt`` + ``meta.json``) where ``key`` hashes
 the training config and code versions.  On first use they come from the weights shipped in the
 package when ``key`` is theirs (:mod:`dndbench.toyworld.weights`: the default config), else they
-are trained (about 1.5 minutes on two CPU cores), under a file lock so parallel jobs train once.
+are trained (about 4 minutes on two CPU cores), under a file lock so parallel jobs train once.
 """
 from __future__ import annotations
 
@@ -27,11 +27,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ToyNetConfig(ModelConfig):
-    """``seed``, ``train_images`` and ``epochs`` select (and, on first use, train) the weights."""
+    """``seed``, ``train_images``, ``epochs`` and ``catalogue`` (the planted concepts:
+    ``benchmark``, or ``milan`` for the network the toy MILAN learns from) select (and, on
+    first use, train) the weights."""
 
     seed: int = 0
-    train_images: int = 6000
-    epochs: int = 6
+    train_images: int = 8000
+    epochs: int = 14
+    catalogue: str = "benchmark"
 
 
 @MODELS.register("toynet")
@@ -48,7 +51,8 @@ class ToyNetModel(TargetModel[ToyNetConfig]):
         from dndbench.toyworld.train_toynet import TrainConfig
 
         c = self.config
-        return TrainConfig(seed=c.seed, train_images=c.train_images, epochs=c.epochs)
+        return TrainConfig(seed=c.seed, train_images=c.train_images, epochs=c.epochs,
+                           catalogue=c.catalogue)
 
     def weights_fingerprint(self) -> str:
         from dndbench.toyworld.train_toynet import training_key
@@ -71,7 +75,7 @@ class ToyNetModel(TargetModel[ToyNetConfig]):
 
                 if weights.install("toynet", folder.name, folder):  # the shipped weights
                     return folder
-                log.warning("training toynet (first use, about 1.5 minutes on CPU) into %s", folder)
+                log.warning("training toynet (first use, about 4 minutes on CPU) into %s", folder)
                 train(self.train_config(), folder, progress=self.progress)
         return folder
 
@@ -86,11 +90,9 @@ class ToyNetModel(TargetModel[ToyNetConfig]):
     def build(self, pretrained: bool) -> "torch.nn.Module":
         import torch
 
-        from dndbench.toyworld.network import ToyNet
-        from dndbench.toyworld.world import SHAPES
+        from dndbench.toyworld.train_toynet import build_network
 
-        cfg = self.train_config()
-        net = ToyNet(len(SHAPES), tuple(cfg.widths), cfg.blocks)
+        net = build_network(self.train_config())
         if pretrained:
             path = self.ensure_trained() / "weights.pt"
             try:

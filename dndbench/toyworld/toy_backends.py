@@ -1,17 +1,20 @@
 """Toy-world backends: every DnD / CLIP-Dissect model role, offline, on the toy world.
 
 * ``captioner=toy`` (:class:`ToyCaptioner`): a slot model — one classifier head per caption
-  slot (main shape, colour, texture, scene; distractor and its shape and colour) on a small
-  CNN, rendered through the canonical template ("a red striped star on grass and a small blue
-  circle").  Deterministic.
+  slot (whether the view shows an object; main shape, colour, texture, outline, size; scene;
+  a second object and its shape and colour) on a small ResNet, written out in the canonical
+  form ("a large red outlined circle on grass and a small blue star as a second object"; "a
+  patch of grass" for a view without an object).  Deterministic.
 * ``vlm=toy`` (:class:`ToyCLIP`): a CLIP-like dual encoder trained contrastively on toy images,
   their captions and the bare concept words.  Words outside the toy vocabulary (concept names
   plus a few function words, see :mod:`dndbench.toyworld.captions`) map to one ``<unk>`` token;
   a text made only of unknown words embeds near the ``<unk>`` text, which was trained to match
   no image.
-* ``text2image=toy`` (:class:`ToyRenderer`): finds the toy concept words of a prompt, fixes them
-  and draws the rest of the scene at random; unknown words are ignored and a prompt that names
-  no concept gets fully random scenes (so "One realistic image of {c}" works for any c).
+* ``text2image=toy`` (:class:`ToyRenderer`): finds the toy concepts a prompt names (by their
+  names, synonyms and plurals, :func:`prompt_concepts`: "stripes", "a big hollow disc", "zigzag",
+  "two objects"), fixes them and draws the rest of the scene at random; unknown words are
+  ignored and a prompt that names no concept gets fully random scenes (so "One realistic image
+  of {c}" works for any c).
   ``text2image.style=heldout`` draws the same concepts outside the training / probe
   distribution (other object scales, positions, rotations; more pixel noise), for metrics
   that must not score with the generator a describer optimised against.
@@ -19,13 +22,14 @@
 Captioner and CLIP share one network (:mod:`dndbench.toyworld.backend_network`), installed on
 first use into ``<cache>/toy_backends/<key>/`` from the weights shipped in the package when
 ``key`` is the default config's (:mod:`dndbench.toyworld.weights`), else trained there (about
-half a minute on CPU; or ahead of time with ``python -m dndbench.toyworld.train_toy_backends``).
+a few minutes on CPU; or ahead of time with ``python -m dndbench.toyworld.train_toy_backends``).
 This module imports no torch at import time.
 """
 from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,15 +62,17 @@ _LOADED: dict[tuple[str, str], Any] = {}
 
 @dataclass
 class ToyModelConfig(BackendConfig):
-    """Options of the trained toy backends: ``seed``, ``train_images`` and ``epochs`` select
-    (and, on first use, train) the weights."""
+    """Options of the trained toy backends: ``seed``, ``train_images``, ``epochs`` and
+    ``test_images`` (the held-out images its training report measures) select (and, on first
+    use, train) the weights."""
 
     cache_tag = "ToyModelConfig"  # its name when configs were hashed by class name
 
     batch_size: int = 128
     seed: int = 0
-    train_images: int = 4000
+    train_images: int = 6000
     epochs: int = 5
+    test_images: int = 1000
 
 
 class _ToyTrained:
@@ -80,7 +86,8 @@ class _ToyTrained:
         from dndbench.toyworld.train_toy_backends import BackendTrainConfig
 
         c = self.config
-        return BackendTrainConfig(seed=c.seed, train_images=c.train_images, epochs=c.epochs)
+        return BackendTrainConfig(seed=c.seed, train_images=c.train_images, epochs=c.epochs,
+                                  test_images=c.test_images)
 
     def weights_dir(self) -> Path:
         from dndbench.toyworld.train_toy_backends import out_dir
@@ -103,8 +110,8 @@ class _ToyTrained:
 
                 if weights.install("toy_backends", folder.name, folder):  # the shipped weights
                     return folder
-                log.warning("training the toy captioner + CLIP (first use, about half a minute "
-                            "on CPU) into %s", folder)
+                log.warning("training the toy captioner + CLIP (first use, a few minutes on "
+                            "CPU) into %s", folder)
                 train(self.train_config(), folder, progress=False)
         return folder
 
@@ -148,7 +155,7 @@ class ToyCaptioner(_ToyTrained, Captioner[ToyModelConfig]):
         model = self.model()
         with torch.no_grad():
             _, logits = model.encode_image(image_batch(images).to(self.device))
-        return predicted_captions({k: v.argmax(1).cpu().numpy() for k, v in logits.items()})
+        return predicted_captions({k: v.cpu().numpy() for k, v in logits.items()})
 
 
 @VLMS.register("toy")
@@ -195,8 +202,9 @@ class ToyRenderer(TextToImage[ToyRendererConfig]):
 
     Config = ToyRendererConfig
     #: 2: each PNG carries its scene spec in a text chunk (for the oracle backends, see
-    #: :mod:`dndbench.toyworld.image_specs`); the pixels are those of version 1
-    version = "2"
+    #: :mod:`dndbench.toyworld.image_specs`); the pixels are those of version 1.
+    #: 3: prompts are read with synonyms and the open-vocabulary concepts (world v2)
+    version = "3"
 
     @property
     def model_id(self) -> str:
@@ -226,7 +234,7 @@ class ToyRenderer(TextToImage[ToyRendererConfig]):
 def render_prompt(prompt: str, seed: int, index: int, size: int = 64,
                   style: str = "default") -> "Image.Image":
     """Image ``index`` for ``prompt`` under ``seed``: a random scene showing the prompt's toy
-    concepts (see :func:`~dndbench.toyworld.world.spec_from_text`), drawn in ``style``; tagged
+    concepts (see :func:`prompt_concepts`), drawn in ``style``; tagged
     with its spec (:func:`dndbench.toyworld.image_specs.tag`)."""
     from dndbench.toyworld.image_specs import tag
     from dndbench.toyworld.render import render_image
@@ -255,8 +263,42 @@ def prompt_spec(prompt: str, seed: int, index: int) -> "SceneSpec":
     """The scene spec of image ``index`` of ``prompt`` under ``seed``; depends on nothing else."""
     import numpy as np
 
-    from dndbench.toyworld.world import spec_from_text
+    from dndbench.toyworld.world import sample_scene
 
     rng = np.random.default_rng(int(stable_hash("toy-text2image", prompt, seed, index), 16))
-    return spec_from_text(prompt, rng)
+    return sample_scene(rng, **prompt_concepts(prompt))
+
+
+def prompt_concepts(prompt: str) -> dict[str, Any]:
+    """What a prompt fixes, as :func:`~dndbench.toyworld.world.sample_scene` arguments: per
+    category the concept it names first (names, synonyms and plurals; ``zigzag`` is a texture),
+    and ``outlined``, ``large`` and ``distractor`` (a second object) set when it names
+    "outlined", "large object" or "two objects" (or one of their synonyms,
+    :data:`~dndbench.toyworld.world.OPEN_CONCEPTS`).  An outlined object is plain, so a named
+    texture other than plain loses to the outline."""
+    from dndbench.toyworld.synonyms import concept_synonyms, names_concept, normalise_text
+    from dndbench.toyworld.synonyms import open_synonyms as open_forms
+    from dndbench.toyworld.world import CATEGORIES, EXTRA_TEXTURES
+
+    text = f" {normalise_text(prompt)} "
+    out: dict[str, Any] = {}
+    for category, names in CATEGORIES.items():
+        options = names + (EXTRA_TEXTURES if category == "texture" else ())
+        best: tuple[int, int, str] | None = None
+        for name in options:
+            forms = open_forms(name) if name in EXTRA_TEXTURES else concept_synonyms(name)
+            for form in forms:
+                match = re.search(r"\b" + r"\s+".join(map(re.escape, normalise_text(form).split()))
+                                  + r"\b", text)
+                if match and (best is None or (match.start(), -len(form)) < best[:2]):
+                    best = (match.start(), -len(form), name)
+        if best is not None:
+            out[category] = best[2]
+    for key, concept in (("outlined", "outlined"), ("large", "large object"),
+                         ("distractor", "two objects")):
+        if names_concept(prompt, concept):
+            out[key] = True
+    if out.get("outlined"):
+        out.pop("texture", None)
+    return out
 

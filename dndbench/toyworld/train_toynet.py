@@ -5,9 +5,19 @@ machine and seed => same weights), prints progress, reports test accuracy and th
 of every planted unit, and writes ``weights.pt`` and ``meta.json`` (atomically; ``meta.json``
 last, so its presence marks a finished training).
 
-Planted units: besides the classification loss, chosen units of ``layer2``/``layer3`` are
-trained to reproduce a concept's mask (downsampled to the unit's map size) with their
-post-ReLU activation map, so their meaning is known by construction.
+Planted units (:mod:`dndbench.toyworld.planted`): chosen units of ``layer1``-``layer4`` are
+computed by ToyNet's detector pathway (:mod:`dndbench.toyworld.network`) and trained to detect a
+concept string, while the classification loss trains the trunk; gradients never cross.  Each
+unit's map (the ReLU of its head's logits) follows the concept's mask (downsampled to the map
+size): cross-entropy per cell, averaged separately inside the mask, on other objects' pixels
+(hard negatives) and on the background; and at the image level, cross-entropy of its maximum
+logit for "the image shows the concept".  Training-only dense read-outs (:func:`dense_labels`)
+teach the detector pathway every object's shape, colour and style.  A share of the training
+images is *seeded*: drawn to show a planted concept or a near miss of it (red circle -> orange
+circle, red ring).  After training, each unit is measured
+on a held-out stream: only units that pass the selectivity gate (pooled-activation ROC-AUC >=
+0.95 for "the image shows the concept" and >= 9 of its 10 top images showing it) are recorded
+as planted ground truth; every candidate's figures stay in the report.
 """
 from __future__ import annotations
 
@@ -15,7 +25,7 @@ import importlib
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +33,12 @@ import numpy as np
 
 from dndbench.cache import atomic_path, default_cache_dir, stable_hash
 from dndbench.hooks import record_outputs
-from dndbench.toyworld.render import REFERENCE_SIZE, concept_mask, generate
+from dndbench.toyworld.render import REFERENCE_SIZE, concept_mask, render, shows
 from dndbench.toyworld.world import GENERATOR_VERSION, SHAPES, all_concepts
 from dndbench.training_checkpoint import CHECKPOINT_NAME, TrainingCheckpoint, remove_checkpoints
 
 #: bump whenever a change of the network or of training alters the trained weights
-TOYNET_VERSION = "toynet-v1"
+TOYNET_VERSION = "toynet-v2"
 #: training and test images come from these streams (offset by 2 * seed); probe sets use
 #: small seeds (default 1000), so the network never sees probe images
 TRAIN_STREAM_BASE = 1_000_000
@@ -36,34 +46,59 @@ TRAIN_STREAM_BASE = 1_000_000
 MAP_SIZES = {"layer1": 16, "layer2": 16, "layer3": 8, "layer4": 4}
 
 
-def _default_planted() -> dict[str, dict[int, str]]:
-    return {
-        "layer2": {3: "yellow", 11: "dotted", 24: "grass"},
-        "layer3": {2: "red", 9: "blue", 17: "striped", 26: "checkered", 35: "water",
-                   44: "brick wall", 51: "star", 60: "heart"},
-    }
+#: the selectivity gate a planted unit must pass on held-out images to count as ground truth
+GATE_MIN_AUC, GATE_MIN_TOP10 = 0.95, 9
 
 
 @dataclass
 class TrainConfig:
-    """Everything that determines ToyNet's trained weights."""
+    """Everything that determines ToyNet's trained weights.  ``catalogue`` names the planted
+    concepts (:data:`dndbench.toyworld.planted.CATALOGUES`); ``planted`` overrides it."""
 
     seed: int = 0
-    train_images: int = 6000
+    train_images: int = 8000
     test_images: int = 1000
-    epochs: int = 6
-    batch_size: int = 32
+    epochs: int = 14
+    batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 5e-4
     aux_weight: float = 1.0
-    widths: tuple[int, ...] = (16, 32, 64, 128)
+    seeded_fraction: float = 0.3
+    widths: tuple[int, ...] = (24, 48, 96, 128)
     blocks: int = 1
-    planted: dict[str, dict[int, str]] = field(default_factory=_default_planted)
+    catalogue: str = "benchmark"
+    planted: dict[str, dict[int, str]] | None = None
+
+
+def planted_map(config: TrainConfig) -> dict[str, dict[int, str]]:
+    """Layer -> unit -> concept string of the units ``config`` plants."""
+    from dndbench.toyworld.planted import planted_units
+
+    if config.planted is not None:
+        return {layer: {int(u): c for u, c in units.items()} for layer, units in config.planted.items()}
+    return planted_units(config.catalogue, tuple(config.widths))
+
+
+def build_network(config: TrainConfig) -> Any:
+    """An untrained ToyNet of ``config``'s shape, with a detector pathway for its planted
+    units (:class:`dndbench.toyworld.network.ToyNet`)."""
+    from dndbench.toyworld.network import ToyNet
+
+    units = {layer: sorted(int(u) for u in units) for layer, units in planted_map(config).items()}
+    return ToyNet(len(SHAPES), tuple(config.widths), config.blocks, units)
+
+
+def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+    """The :class:`TrainConfig` that ``asdict`` wrote into a ``meta.json``."""
+    values = dict(values)
+    values["widths"] = tuple(values["widths"])
+    return TrainConfig(**values)
 
 
 def training_key(config: TrainConfig) -> str:
     """Cache key of the weights ``config`` produces (config + code and generator versions)."""
-    return stable_hash("toynet", TOYNET_VERSION, GENERATOR_VERSION, asdict(config))
+    return stable_hash("toynet", TOYNET_VERSION, GENERATOR_VERSION, asdict(config),
+                       planted_map(config))
 
 
 def default_out_dir(config: TrainConfig) -> Path:
@@ -73,7 +108,7 @@ def default_out_dir(config: TrainConfig) -> Path:
 
 def planted_list(config: TrainConfig) -> list[tuple[str, int, str]]:
     """Planted units as (layer, unit, concept), in a fixed order."""
-    return [(layer, int(unit), name) for layer, units in sorted(config.planted.items())
+    return [(layer, int(unit), name) for layer, units in sorted(planted_map(config).items())
             for unit, name in sorted(units.items(), key=lambda kv: int(kv[0]))]
 
 
@@ -85,8 +120,45 @@ class ToyData:
     images: np.ndarray          # (N, 3, 64, 64) uint8
     labels: np.ndarray          # (N,) int64: index of the main object's shape
     targets: dict[str, np.ndarray]  # layer -> (N, units planted there, s, s) float32 in [0, 1]
+    present: dict[str, np.ndarray]  # layer -> (N, units planted there) bool: image shows it
+    objects: dict[str, np.ndarray]  # layer -> (N, 1, s, s) float32: share of object pixels
     masks: np.ndarray           # (N, 64, 64) int8 object masks (see render.render)
     specs: list[Any]
+    dense: dict[str, np.ndarray] | None = None  # see dense_labels
+
+
+#: the detector pathway's training-only dense targets: per cell of a stage's map (read at the
+#: cell's centre pixel), the object's shape (0: background), colour and style (texture, or
+#: "outlined"; -1 on the background), and per image which shapes and styles it shows, whether
+#: it shows two objects and whether its main object is large
+STYLES = ("plain", "striped", "dotted", "checkered", "wavy", "noisy", "zigzag", "outlined")
+STAGE_SIZES = (16, 16, 8, 4)
+
+
+def dense_labels(spec: Any, mask: np.ndarray) -> dict[str, np.ndarray]:
+    """The dense training targets of one image (see :data:`STYLES`)."""
+    from dndbench.toyworld.world import COLOURS, LARGE_RADIUS
+
+    objects = spec.objects
+    shape = np.array([0] + [SHAPES.index(o.shape) + 1 for o in objects], np.int8)
+    colour = np.array([-1] + [list(COLOURS).index(o.colour) for o in objects], np.int8)
+    style = np.array([-1] + [STYLES.index("outlined" if o.outlined else o.texture)
+                             for o in objects], np.int8)
+    out: dict[str, np.ndarray] = {}
+    for size in sorted(set(STAGE_SIZES)):
+        step = mask.shape[0] // size
+        cells = mask[step // 2::step, step // 2::step]
+        out[f"shape{size}"], out[f"colour{size}"] = shape[cells], colour[cells]
+        out[f"style{size}"] = style[cells]
+    visible = set(np.unique(mask)) - {0}
+    image = np.zeros(len(SHAPES) + len(STYLES) + 2, np.float32)
+    for k in visible:
+        image[SHAPES.index(objects[k - 1].shape)] = 1
+        image[len(SHAPES) + int(style[k])] = 1
+    image[-2] = float(len(visible) > 1)
+    image[-1] = float(objects[0].radius >= LARGE_RADIUS)
+    out["image"] = image
+    return out
 
 
 def _pool(mask: np.ndarray, size: int) -> np.ndarray:
@@ -94,37 +166,68 @@ def _pool(mask: np.ndarray, size: int) -> np.ndarray:
     return mask.reshape(size, factor, size, factor).mean(axis=(1, 3), dtype=np.float32)
 
 
-def _make_chunk(args: tuple[int, int, int, list[tuple[str, int, str]]]) -> ToyData:
-    stream, start, stop, planted = args
-    images, labels, masks, specs = [], [], [], []
-    targets: dict[str, list[np.ndarray]] = {layer: [] for layer, _, _ in planted}
+def _spec(stream: int, index: int, planted: list[tuple[str, int, str]],
+          seeded_fraction: float) -> Any:
+    """Image ``index``'s spec: a plain random scene, or (a ``seeded_fraction`` of images, two
+    thirds positives, one third near misses) one seeded with a planted concept."""
+    from dndbench.toyworld.planted import seeded_scene
+    from dndbench.toyworld.world import sample_scene
+
+    rng = np.random.default_rng([stream, index])
+    if planted and rng.random() < seeded_fraction:
+        concept = planted[int(rng.integers(len(planted)))][2]
+        return seeded_scene(concept, rng, negative=bool(rng.random() < 1 / 3))
+    return sample_scene(rng)
+
+
+def _make_chunk(args: tuple[int, int, int, list[tuple[str, int, str]], float]) -> ToyData:
+    stream, start, stop, planted, seeded_fraction = args
+    images, labels, masks, specs, dense = [], [], [], [], []
+    layers = sorted({layer for layer, _, _ in planted})
+    targets: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
+    present: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
+    objects: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
     for index in range(start, stop):
-        rgb, spec, mask = generate(stream, index, REFERENCE_SIZE)
+        spec = _spec(stream, index, planted, seeded_fraction)
+        rgb, mask = render(spec, REFERENCE_SIZE)
         images.append(rgb.transpose(2, 0, 1))
         labels.append(SHAPES.index(spec.main.shape))
         masks.append(mask.astype(np.int8))
         specs.append(spec)
-        for layer in targets:
+        dense.append(dense_labels(spec, mask))
+        for layer in layers:
+            names = [name for lay, _, name in planted if lay == layer]
+            size = MAP_SIZES[layer]
             targets[layer].append(np.stack([
-                _pool(concept_mask(spec, mask, name).astype(np.float32), MAP_SIZES[layer])
-                for lay, _, name in planted if lay == layer]))
+                _pool(concept_mask(spec, mask, name).astype(np.float32), size) for name in names]))
+            present[layer].append(np.array([shows(spec, mask, name) for name in names], bool))
+            objects[layer].append(_pool((mask > 0).astype(np.float32), size)[None])
     return ToyData(np.stack(images), np.asarray(labels, np.int64),
-                   {k: np.stack(v) for k, v in targets.items()}, np.stack(masks), specs)
+                   {k: np.stack(v) for k, v in targets.items()},
+                   {k: np.stack(v) for k, v in present.items()},
+                   {k: np.stack(v) for k, v in objects.items()}, np.stack(masks), specs,
+                   {k: np.stack([d[k] for d in dense]) for k in dense[0]})
 
 
 def _concat(parts: list[ToyData]) -> ToyData:
+    def join(field: str) -> dict[str, np.ndarray]:
+        first: dict[str, np.ndarray] = getattr(parts[0], field)
+        return {k: np.concatenate([getattr(p, field)[k] for p in parts]) for k in first}
+
     return ToyData(np.concatenate([p.images for p in parts]),
                    np.concatenate([p.labels for p in parts]),
-                   {k: np.concatenate([p.targets[k] for p in parts]) for k in parts[0].targets},
+                   join("targets"), join("present"), join("objects"),
                    np.concatenate([p.masks for p in parts]),
-                   [s for p in parts for s in p.specs])
+                   [s for p in parts for s in p.specs], join("dense"))
 
 
 def make_data(stream: int, count: int, planted: list[tuple[str, int, str]],
-              workers: int = 2) -> ToyData:
-    """Images 0..count-1 of ``stream``, generated in ``workers`` processes when worth it."""
+              workers: int = 2, seeded_fraction: float = 0.0) -> ToyData:
+    """Images 0..count-1 of ``stream`` (a ``seeded_fraction`` of them seeded with planted
+    concepts), generated in ``workers`` processes when worth it."""
     chunk = 500
-    jobs = [(stream, s, min(count, s + chunk), planted) for s in range(0, count, chunk)]
+    jobs = [(stream, s, min(count, s + chunk), planted, seeded_fraction)
+            for s in range(0, count, chunk)]
     if workers <= 1 or len(jobs) <= 1:
         return _concat([_make_chunk(job) for job in jobs])
     import multiprocessing
@@ -137,23 +240,72 @@ def make_data(stream: int, count: int, planted: list[tuple[str, int, str]],
 
 # -- training --------------------------------------------------------------------------------
 def _unit_index(config: TrainConfig) -> dict[str, list[int]]:
-    return {layer: [int(u) for u in sorted(units, key=int)] for layer, units in config.planted.items()}
+    return {layer: [int(u) for u in sorted(units, key=int)]
+            for layer, units in sorted(planted_map(config).items())}
 
 
-def _aux_loss(outputs: dict[str, Any], targets: dict[str, Any], units: dict[str, list[int]]) -> Any:
-    """Class-balanced squared error between planted units' maps and their concept masks:
-    errors inside and outside the masks are averaged separately, so rare concepts count."""
+def _aux_loss(logits: dict[str, Any], targets: dict[str, Any], present: dict[str, Any],
+              objects: dict[str, Any]) -> Any:
+    """The planted units' loss (see the module docstring), on the detector heads' logits (a
+    unit's map is their ReLU): binary cross-entropy to the concept's mask share per cell,
+    averaged separately inside the mask, on other objects and on the background (so rare
+    concepts and hard negatives count), plus cross-entropy of each map's maximum for "the image
+    shows the concept", positives and negatives weighted alike."""
     import torch
+    import torch.nn.functional as F
 
     losses = []
+    dims = (0, 2, 3)
     for layer, target in targets.items():
-        err = (outputs[layer][:, units[layer]] - target) ** 2
-        pos = (target > 0.5).float()
-        dims = (0, 2, 3)
-        inside = (err * pos).sum(dims) / pos.sum(dims).clamp(min=1.0)
-        outside = (err * (1 - pos)).sum(dims) / (1 - pos).sum(dims).clamp(min=1.0)
-        losses.append(inside + outside)
+        z = logits[layer]
+        err = F.binary_cross_entropy_with_logits(z, target, reduction="none")
+        inside = (target > 0.1).float()
+        on_objects = (1 - inside) * (objects[layer] > 0.5).float()
+        background = (1 - inside) * (objects[layer] <= 0.5).float()
+        pixel = sum((err * region).sum(dims) / region.sum(dims).clamp(min=1.0)
+                    for region in (inside, on_objects, background))
+        pos = present[layer].float()
+        image_err = F.binary_cross_entropy_with_logits(z.amax((2, 3)), pos, reduction="none")
+        image = ((image_err * pos).sum(0) / pos.sum(0).clamp(min=1.0)
+                 + (image_err * (1 - pos)).sum(0) / (1 - pos).sum(0).clamp(min=1.0))
+        losses.append(pixel + image)
     return torch.cat(losses).mean()
+
+
+def _dense_heads() -> Any:
+    """Training-only read-outs of the detector pathway's stages (not part of ToyNet): per cell,
+    shape, colour and style logits; per image, the multi-label :func:`dense_labels` targets."""
+    from torch import nn
+
+    from dndbench.toyworld.network import DETECTOR_WIDTHS
+    from dndbench.toyworld.world import COLOURS
+
+    classes = len(SHAPES) + 1 + len(COLOURS) + len(STYLES)
+    heads = nn.ModuleDict({f"layer{i + 1}": nn.Conv2d(DETECTOR_WIDTHS[i + 1], classes, 1)
+                           for i in range(len(STAGE_SIZES))})
+    heads["image"] = nn.Linear(DETECTOR_WIDTHS[-1], len(SHAPES) + len(STYLES) + 2)
+    return heads
+
+
+def _dense_loss(heads: Any, features: dict[str, Any], dense: dict[str, Any]) -> Any:
+    """Cross-entropy of the dense read-outs: they teach the detector pathway the world's shapes,
+    colours and styles everywhere, which its planted heads then combine."""
+    import torch
+    import torch.nn.functional as F
+
+    from dndbench.toyworld.world import COLOURS
+
+    losses = []
+    for i, size in enumerate(STAGE_SIZES):
+        out = heads[f"layer{i + 1}"](features[f"detector.layer{i + 1}"])
+        for logits, name in zip(out.split([len(SHAPES) + 1, len(COLOURS), len(STYLES)], 1),
+                                ("shape", "colour", "style")):
+            target = dense[f"{name}{size}"].long()
+            if bool((target >= 0).any()):
+                losses.append(F.cross_entropy(logits, target, ignore_index=-1))
+    pooled = features[f"detector.layer{len(STAGE_SIZES)}"].mean((2, 3))
+    losses.append(F.binary_cross_entropy_with_logits(heads["image"](pooled), dense["image"]))
+    return torch.stack(losses).sum()
 
 
 def _train_network(config: TrainConfig, data: ToyData, progress: bool,
@@ -165,35 +317,48 @@ def _train_network(config: TrainConfig, data: ToyData, progress: bool,
     import torch.nn.functional as F
     from tqdm.auto import tqdm
 
-    from dndbench.toyworld.network import ToyNet, normalise
+    from dndbench.toyworld.network import normalise
 
     torch.manual_seed(config.seed)
-    net = ToyNet(len(SHAPES), tuple(config.widths), config.blocks)
+    net = build_network(config)
     units = _unit_index(config)
     images = torch.from_numpy(data.images)
     labels = torch.from_numpy(data.labels)
     targets = {k: torch.from_numpy(v) for k, v in data.targets.items()}
+    present = {k: torch.from_numpy(v) for k, v in data.present.items()}
+    objects = {k: torch.from_numpy(v) for k, v in data.objects.items()}
+    dense = {k: torch.from_numpy(v) for k, v in (data.dense or {}).items()}
+    heads = _dense_heads()
     steps_per_epoch = (len(labels) + config.batch_size - 1) // config.batch_size
-    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    opt = torch.optim.AdamW([*net.parameters(), *heads.parameters()], lr=config.lr,
+                            weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=max(
         1, config.epochs * steps_per_epoch), pct_start=0.2)
     order_gen = torch.Generator().manual_seed(config.seed)
     checkpoint = None if out_dir is None else TrainingCheckpoint(
-        out_dir / CHECKPOINT_NAME, training_key(config), modules={"net": net},
+        out_dir / CHECKPOINT_NAME, training_key(config), modules={"net": net, "heads": heads},
         optimizers={"opt": opt}, schedulers={"sched": sched}, generators={"order": order_gen})
     resumed = checkpoint.resume() if checkpoint is not None else None
     first = resumed.epoch if resumed is not None else 0
     net.train()
     bar = tqdm(total=config.epochs * steps_per_epoch, desc="training toynet", disable=not progress,
                mininterval=2.0, initial=first * steps_per_epoch)
-    with record_outputs(net, list(units)) as outputs:
+    planted_heads = {f"{layer}.head": layer for layer in units}
+    stages = ([f"detector.layer{i + 1}" for i in range(len(STAGE_SIZES))]
+              if dense and net.detector is not None else [])
+    with record_outputs(net, list(planted_heads) + stages) as outputs:
         for epoch in range(first, config.epochs):
             order = torch.randperm(len(labels), generator=order_gen)
             for step in range(steps_per_epoch):
                 idx = order[step * config.batch_size:(step + 1) * config.batch_size]
                 logits = net(normalise(images[idx]))
                 ce = F.cross_entropy(logits, labels[idx])
-                aux = _aux_loss(outputs, {k: v[idx] for k, v in targets.items()}, units)
+                aux = _aux_loss({layer: outputs[head] for head, layer in planted_heads.items()},
+                                {k: v[idx] for k, v in targets.items()},
+                                {k: v[idx] for k, v in present.items()},
+                                {k: v[idx] for k, v in objects.items()})
+                if stages:
+                    aux = aux + _dense_loss(heads, outputs, {k: v[idx] for k, v in dense.items()})
                 loss = ce + config.aux_weight * aux
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -256,7 +421,9 @@ def _iou_top_quantile(unit_maps: np.ndarray, data: ToyData, concept: str,
 
 
 def evaluate(net: Any, config: TrainConfig, data: ToyData) -> dict[str, Any]:
-    """Test accuracy and, per planted unit, its selectivity for its concept."""
+    """Test accuracy and, per planted unit, its selectivity for its concept: pixel-level
+    (``pixel_auc``, ``iou_top0.5%``) and image-level, the gate's figures (``auc`` of the
+    spatially averaged map for "the image shows the concept", ``top10``, ``gate``)."""
     planted = planted_list(config)
     layers = sorted({layer for layer, _, _ in planted})
     preds, maps = _test_outputs(net, data, layers)
@@ -265,12 +432,18 @@ def evaluate(net: Any, config: TrainConfig, data: ToyData) -> dict[str, Any]:
         k = [u for lay, u, _ in planted if lay == layer].index(unit)
         act = maps[layer][:, unit]
         inside = data.targets[layer][:, k] >= 0.5
+        present = data.present[layer][:, k]
+        pooled = act.mean(axis=(1, 2))
+        top = np.argsort(-pooled, kind="stable")[:10]
+        auc, top10 = roc_auc(pooled, present), int(present[top].sum())
         units.append({
             "layer": layer, "unit": unit, "concept": concept,
             "mean_inside": float(act[inside].mean()) if inside.any() else float("nan"),
             "mean_outside": float(act[~inside].mean()) if (~inside).any() else float("nan"),
-            "auc": roc_auc(act, inside),
+            "pixel_auc": roc_auc(act, inside),
             "iou_top0.5%": _iou_top_quantile(act, data, concept),
+            "positives": int(present.sum()), "auc": auc, "top10": top10,
+            "gate": bool(auc == auc and auc >= GATE_MIN_AUC and top10 >= GATE_MIN_TOP10),
         })
     return {"test_accuracy": float((preds == data.labels).mean()),
             "test_images": int(len(data.labels)), "planted_units": units}
@@ -295,7 +468,8 @@ def train(config: TrainConfig, out_dir: Path | str, progress: bool = True,
     deterministic.fill_uninitialized_memory = False
     try:
         stream = TRAIN_STREAM_BASE + 2 * config.seed
-        train_data = make_data(stream, config.train_images, planted, workers)
+        train_data = make_data(stream, config.train_images, planted, workers,
+                               config.seeded_fraction)
         test_data = make_data(stream + 1, config.test_images, planted, workers)
         generated = time.perf_counter()
         net = _train_network(config, train_data, progress, out_dir)
@@ -310,8 +484,12 @@ def train(config: TrainConfig, out_dir: Path | str, progress: bool = True,
     meta = {
         "version": TOYNET_VERSION, "generator": GENERATOR_VERSION, "key": training_key(config),
         "class_names": list(SHAPES),
-        "planted": {layer: {str(u): name for u, name in sorted(units.items(), key=lambda kv: int(kv[0]))}
-                    for layer, units in config.planted.items()},
+        # ground truth: only the units that passed the gate on the held-out stream
+        "planted": {layer: {str(u["unit"]): u["concept"] for u in report["planted_units"]
+                            if u["layer"] == layer and u["gate"]}
+                    for layer in sorted({u["layer"] for u in report["planted_units"]})},
+        "gate": {"min_auc": GATE_MIN_AUC, "min_top10": GATE_MIN_TOP10,
+                 "measured_on": f"{config.test_images} images of the held-out stream"},
         "concepts": [asdict(c) for c in all_concepts()],
         "config": asdict(config), "report": report,
     }
@@ -329,10 +507,16 @@ def format_report(report: dict[str, Any]) -> str:
     if "seconds" in report:
         s = report["seconds"]
         lines.append(f"time: {s['total']:.1f}s (generate {s['generate']:.1f}s, train {s['train']:.1f}s)")
-    lines.append(f"{'layer':8} {'unit':>4}  {'concept':12} {'in':>6} {'out':>6} {'AUC':>6} {'IoU@0.5%':>8}")
-    for u in report["planted_units"]:
-        lines.append(f"{u['layer']:8} {u['unit']:>4}  {u['concept']:12} {u['mean_inside']:6.3f} "
-                     f"{u['mean_outside']:6.3f} {u['auc']:6.3f} {u['iou_top0.5%']:8.3f}")
+    units = report["planted_units"]
+    passed = sum(bool(u.get("gate")) for u in units)
+    lines.append(f"planted units passing the gate (AUC >= {GATE_MIN_AUC}, top10 >= "
+                 f"{GATE_MIN_TOP10}): {passed} of {len(units)}")
+    lines.append(f"{'layer':7} {'unit':>4}  {'concept':15} {'in':>6} {'out':>6} {'pixAUC':>6} "
+                 f"{'AUC':>6} {'top10':>5} {'pos':>5}  gate")
+    for u in units:
+        lines.append(f"{u['layer']:7} {u['unit']:>4}  {u['concept']:15} {u['mean_inside']:6.3f} "
+                     f"{u['mean_outside']:6.3f} {u['pixel_auc']:6.3f} {u['auc']:6.3f} "
+                     f"{u['top10']:>5} {u['positives']:>5}  {'pass' if u['gate'] else 'FAIL'}")
     return "\n".join(lines)
 
 

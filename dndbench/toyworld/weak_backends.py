@@ -4,8 +4,9 @@ rung of the backend-strength ladder (``python -m dndbench backend-ladder``).
 Both are the trained toy backends (same weights, :mod:`dndbench.toyworld.toy_backends`) with a
 seeded share of their outputs corrupted:
 
-* ``captioner=toy_weak``: each caption slot (shape, colour, texture, scene, distractor and its
-  shape and colour) of each image is, with probability ``fraction``, replaced by a uniformly
+* ``captioner=toy_weak``: each content slot (:data:`CORRUPTED_SLOTS`: shape, colour, texture,
+  scene, outline, size, distractor and its shape and colour; not whether the view shows an
+  object at all) of each image is, with probability ``fraction``, replaced by a uniformly
   drawn *other* value of that slot;
 * ``vlm=toy_weak``: each image's embedding is, with probability ``fraction``, replaced by the
   embedding of the caption of a random toy scene (the image "looks like" another scene); text
@@ -27,6 +28,11 @@ from dndbench.toyworld.toy_backends import ToyCaptioner, ToyCLIP, ToyModelConfig
 if TYPE_CHECKING:
     import numpy as np
     from PIL import Image
+
+
+#: the caption slots the weak captioner corrupts
+CORRUPTED_SLOTS = ("shape", "colour", "texture", "scene", "outlined", "size", "distractor",
+                   "distractor_shape", "distractor_colour")
 
 
 @dataclass
@@ -56,8 +62,9 @@ def image_rng(seed: int, image: "Image.Image", salt: str) -> "np.random.Generato
 
 def corrupt_slots(preds: dict[str, "np.ndarray"], images: list["Image.Image"], fraction: float,
                   seed: int) -> tuple[dict[str, "np.ndarray"], dict[str, "np.ndarray"]]:
-    """Slot predictions with a seeded ``fraction`` of (image, slot) values replaced by another
-    value of the slot; also the boolean mask of the replaced ones, per slot."""
+    """Slot predictions (class indices) with a seeded ``fraction`` of (image, slot) values of
+    :data:`CORRUPTED_SLOTS` replaced by another value of the slot; also the boolean mask of the
+    replaced ones, per slot."""
     import numpy as np
 
     from dndbench.toyworld.backend_network import SLOTS
@@ -66,7 +73,8 @@ def corrupt_slots(preds: dict[str, "np.ndarray"], images: list["Image.Image"], f
     hit = {slot: np.zeros(len(values), bool) for slot, values in preds.items()}
     for i, image in enumerate(images):
         rng = image_rng(seed, image, "caption")
-        for slot, classes in SLOTS.items():
+        for slot in CORRUPTED_SLOTS:
+            classes = SLOTS[slot]
             draw, shift = rng.random(), int(rng.integers(1, len(classes)))
             if draw < fraction:
                 out[slot][i] = (int(out[slot][i]) + shift) % len(classes)

@@ -21,7 +21,7 @@ import numpy as np
 from dndbench.probes.base import Concept
 
 #: bump whenever a change alters the images generated for a given (seed, index)
-GENERATOR_VERSION = "toyworld-v1"
+GENERATOR_VERSION = "toyworld-v2.1"
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "heart", "cross", "ring",
                            "diamond", "hourglass", "crescent", "arrow", "house")
@@ -43,6 +43,37 @@ _COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
 TEXTURES: tuple[str, ...] = ("plain", "striped", "dotted", "checkered", "wavy", "noisy")
 
 SCENES: tuple[str, ...] = ("sky", "grass", "sand", "water", "snow", "brick wall", "night")
+
+#: textures that are drawn but are not world concepts: no annotation, concept list, vocabulary or
+#: MILAN annotation names them, so only an open-vocabulary describer can name them
+EXTRA_TEXTURES: tuple[str, ...] = ("zigzag",)
+
+#: world-v2 object styles: a main object is outlined (drawn as its contour, plain) with this
+#: probability, and large (radius :data:`LARGE_RADIUS_RANGE`) with this probability
+OUTLINED_PROB = 0.15
+LARGE_PROB = 0.2
+#: radius range (fraction of the image side) of ordinary and of large main objects; the gap
+#: between them keeps "large object" unambiguous
+MAIN_RADIUS_RANGE = (0.2, 0.3)
+LARGE_RADIUS_RANGE = (0.36, 0.42)
+#: the shapes a second object can have: six of the twelve, so the other six (the test network's
+#: planted shapes) only ever appear as main objects, large enough to be told apart
+DISTRACTOR_SHAPES: tuple[str, ...] = ("square", "diamond", "hourglass", "crescent", "arrow",
+                                      "house")
+#: radius range of the small second object (large enough that its shape can be told)
+DISTRACTOR_RADIUS_RANGE = (0.12, 0.16)
+#: a main object at least this large is a "large object"
+LARGE_RADIUS = 0.33
+
+#: concepts that are no world concept (and no annotation), with the words that name them:
+#: the ground truth of the open-vocabulary planted units (see docs/toyworld.md)
+OPEN_CONCEPTS: dict[str, tuple[str, ...]] = {
+    "large object": ("large", "big", "huge", "giant", "enormous", "close up", "close-up"),
+    "outlined": ("outline", "outlines", "outlined shape", "contour", "contours", "hollow"),
+    "zigzag": ("zigzags", "zig zag", "zig-zag", "chevron", "chevrons"),
+    "two objects": ("two", "pair", "couple", "second object", "several objects",
+                    "multiple objects"),
+}
 
 #: category name -> concept names, in the order that defines concept ids
 CATEGORIES: dict[str, tuple[str, ...]] = {
@@ -119,6 +150,7 @@ class ObjectSpec:
     shape: str
     colour: str
     texture: str
+    outlined: bool = False
     cx: float = 0.5
     cy: float = 0.5
     radius: float = 0.28
@@ -130,7 +162,8 @@ class ObjectSpec:
     def __post_init__(self) -> None:
         for category, name in (("shape", self.shape), ("colour", self.colour),
                                ("texture", self.texture)):
-            if name not in CATEGORIES[category]:
+            allowed = CATEGORIES[category] + (EXTRA_TEXTURES if category == "texture" else ())
+            if name not in allowed:
                 raise ValueError(f"unknown {category} {name!r}; "
                                  f"choose from {', '.join(CATEGORIES[category])}")
 
@@ -174,17 +207,22 @@ def _jitter_rgb(rng: np.random.Generator, colour: str) -> tuple[int, int, int]:
 
 def sample_object(rng: np.random.Generator, *, shape: str | None = None,
                   colour: str | None = None, texture: str | None = None,
-                  radius_range: tuple[float, float] = (0.2, 0.34),
-                  centre: tuple[float, float] | None = None) -> ObjectSpec:
-    """A random object; any of ``shape``, ``colour``, ``texture`` can be fixed."""
+                  radius_range: tuple[float, float] = MAIN_RADIUS_RANGE,
+                  centre: tuple[float, float] | None = None,
+                  outlined: bool = False) -> ObjectSpec:
+    """A random object; any of ``shape``, ``colour``, ``texture`` can be fixed (the texture is
+    drawn from :data:`TEXTURES` and :data:`EXTRA_TEXTURES`); an ``outlined`` object is plain."""
     shape = shape or _pick(rng, SHAPES)
     colour = colour or _pick(rng, _COLOUR_NAMES)
-    texture = texture or _pick(rng, TEXTURES)
+    texture = texture or _pick(rng, TEXTURES + EXTRA_TEXTURES)
+    if outlined:
+        texture = "plain"
     radius = float(rng.uniform(*radius_range))
     if centre is None:
         margin = radius * 0.85
         centre = (float(rng.uniform(margin, 1 - margin)), float(rng.uniform(margin, 1 - margin)))
-    return ObjectSpec(shape=shape, colour=colour, texture=texture, cx=centre[0], cy=centre[1],
+    return ObjectSpec(shape=shape, colour=colour, texture=texture, outlined=outlined,
+                      cx=centre[0], cy=centre[1],
                       radius=radius, angle=float(rng.uniform(-_ROTATION_LIMIT, _ROTATION_LIMIT)),
                       rgb=_jitter_rgb(rng, colour), period=float(rng.uniform(6.0, 9.0)),
                       phase=float(rng.uniform(0, 1)))
@@ -207,21 +245,31 @@ def _distractor_centre(rng: np.random.Generator, main: ObjectSpec,
 def sample_scene(rng: np.random.Generator, *, shape: str | None = None,
                  colour: str | None = None, texture: str | None = None,
                  scene: str | None = None, distractor: bool | None = None,
-                 distractor_prob: float = 0.3) -> SceneSpec:
+                 distractor_prob: float = 0.3, outlined: bool | None = None,
+                 large: bool | None = None) -> SceneSpec:
     """A random scene spec; fixed concept values apply to the main object (and the scene).
 
     ``distractor`` forces (True) or forbids (False) a small second object; by default one
-    appears with probability ``distractor_prob``.  Its shape differs from the main shape.
+    appears with probability ``distractor_prob``.  Its shape differs from the main shape and
+    it is plain (a texture would be a period or two wide on it, too small to see).
+    ``outlined`` and ``large`` force or forbid those styles of the main object (by default
+    with probabilities :data:`OUTLINED_PROB` and :data:`LARGE_PROB`; a fixed texture other
+    than plain forbids the outline).
     """
     scene = scene or _pick(rng, SCENES)
-    main = sample_object(rng, shape=shape, colour=colour, texture=texture)
+    if outlined is None:
+        outlined = bool(rng.random() < OUTLINED_PROB) and texture in (None, "plain")
+    if large is None:
+        large = bool(rng.random() < LARGE_PROB)
+    main = sample_object(rng, shape=shape, colour=colour, texture=texture, outlined=outlined,
+                         radius_range=LARGE_RADIUS_RANGE if large else MAIN_RADIUS_RANGE)
     objects = [main]
     if distractor is None:
         distractor = bool(rng.random() < distractor_prob)
     if distractor:
-        radius = float(rng.uniform(0.09, 0.13))
-        other_shapes = [s for s in SHAPES if s != main.shape]
-        objects.append(sample_object(rng, shape=_pick(rng, other_shapes),
+        radius = float(rng.uniform(*DISTRACTOR_RADIUS_RANGE))
+        other_shapes = [s for s in DISTRACTOR_SHAPES if s != main.shape]
+        objects.append(sample_object(rng, shape=_pick(rng, other_shapes), texture="plain",
                                      radius_range=(radius, radius),
                                      centre=_distractor_centre(rng, main, radius)))
     return SceneSpec(scene=scene, objects=tuple(objects),

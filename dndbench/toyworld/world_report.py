@@ -13,16 +13,19 @@ What a ranking on the toy world rests on, measured rather than assumed:
   selectivity a unit needs to count as ground truth.  Containment is read from the probe's
   annotations (:func:`dndbench.toyworld.render.annotate`): a concept string is alternatives
   of parts (:func:`dndbench.toyworld.synonyms.concept_parts`: "red circle" needs one object
-  that is red and a circle, "star or water" either); parts that are not world concepts need a
-  rule in :data:`PRESENCE_RULES` (none yet: such units get ``auc`` NaN and fail the gate);
+  that is red and a circle, "star or water" either); parts that are no world concept
+  (``large object``, ``outlined``, ``zigzag``, ``two objects``) are read from the image's spec
+  (:func:`dndbench.toyworld.render.shows`);
 * **fc units**: the same figures for each class unit against "the main object is this class";
   units that fail the gate are *flagged* (their top images disagree with their class), with
   the classes of their top-10 images;
 * **backends**: each captioner's and VLM's accuracy per slot on probe images, on DnD-style
   crops (the main object's box, cut from the image enlarged to 375 px and resized, as DnD's
   attention crops are) and on background patches (an object-free square: only the scene is
-  visible).  A captioner's caption is read back into slots; a VLM's slot answer is its most
-  similar bare concept word of the category, as CLIP-Dissect queries it;
+  visible).  A captioner's caption is read back into slots (:func:`caption_slots`); a VLM's
+  slot answer is its most similar query text of the slot: the bare concept word of the
+  category, as CLIP-Dissect queries it, or one of a word pair for outline, size and a second
+  object (:func:`dndbench.toyworld.captions.slot_queries`);
 * **summariser candidates**: the number of distinct candidate concepts DnD's step 2 gets per
   unit of a reference layer (``fc``) with each summariser (``keyword``, ``proposer``); DnD runs
   through the describer registry (the toy world is a lower layer than the describers and
@@ -56,13 +59,11 @@ if TYPE_CHECKING:
 
 #: the selectivity gate of a ground-truth unit
 MIN_AUC, MIN_TOP10 = 0.95, 9
-#: concept-string parts that are not world concepts -> does (spec, object mask) show it?
-PRESENCE_RULES: dict[str, Callable[["SceneSpec", np.ndarray], bool]] = {}
 #: the caption slots a report scores, per view
-FULL_SLOTS = ("shape", "colour", "texture", "scene", "distractor", "distractor_shape",
-              "distractor_colour")
-CROP_SLOTS = ("shape", "colour", "texture", "scene")
-PATCH_SLOTS = ("scene",)
+FULL_SLOTS = ("shape", "colour", "texture", "scene", "outlined", "size", "distractor",
+              "distractor_shape", "distractor_colour")
+CROP_SLOTS = ("shape", "colour", "texture", "scene", "outlined", "size")
+PATCH_SLOTS = ("scene", "object")
 #: DnD's crop resolution
 CROP_SIZE = 375
 
@@ -83,11 +84,13 @@ class ReportOptions:
 
 # -- planted units ------------------------------------------------------------------------------
 def planted_entries(meta: dict[str, Any]) -> list[dict[str, Any]]:
-    """The planted units a ToyNet ``meta.json`` records, as ``{layer, unit, concept, kind}``.
+    """The planted units a ToyNet ``meta.json`` records, as ``{layer, unit, concept, kind,
+    recorded}``: every unit trained as a candidate (its training report), ``recorded`` when it
+    passed the gate at training time and so counts as ground truth (``meta["planted"]``).
 
-    A unit's entry is a concept string (``"yellow"``) or a dict with ``concept`` (or
-    ``name``) and optionally ``kind``; the kind is inferred from the string otherwise."""
-    out = []
+    A unit's entry in ``planted`` is a concept string (``"yellow"``) or a dict with ``concept``
+    (or ``name``) and optionally ``kind``; the kind is inferred from the string otherwise."""
+    recorded: dict[tuple[str, int], dict[str, Any]] = {}
     for layer, units in sorted(meta.get("planted", {}).items()):
         for unit, value in sorted(units.items(), key=lambda kv: int(kv[0])):
             if isinstance(value, dict):
@@ -95,8 +98,14 @@ def planted_entries(meta: dict[str, Any]) -> list[dict[str, Any]]:
                 kind = str(value.get("kind") or concept_kind(concept))
             else:
                 concept, kind = str(value), concept_kind(str(value))
-            out.append({"layer": layer, "unit": int(unit), "concept": concept, "kind": kind})
-    return out
+            recorded[(layer, int(unit))] = {"layer": layer, "unit": int(unit), "concept": concept,
+                                            "kind": kind, "recorded": True}
+    for u in meta.get("report", {}).get("planted_units", []):
+        key = (str(u["layer"]), int(u["unit"]))
+        if key not in recorded:
+            recorded[key] = {"layer": key[0], "unit": key[1], "concept": str(u["concept"]),
+                             "kind": concept_kind(str(u["concept"])), "recorded": False}
+    return [recorded[k] for k in sorted(recorded, key=lambda k: (k[0], k[1]))]
 
 
 def _world_names() -> set[str]:
@@ -120,22 +129,24 @@ def concept_kind(concept: str) -> str:
 
 def contains(concept: str, annotation: "Annotation", spec: "SceneSpec | None" = None,
              mask: np.ndarray | None = None) -> bool | None:
-    """Whether an annotated image shows ``concept`` (see the module docstring); None when a
-    part has no way to be checked."""
+    """Whether an image shows ``concept``: from its spec and object mask when given
+    (:func:`dndbench.toyworld.render.shows`, every kind of concept), otherwise from its
+    annotation (world concepts only; None when a part is no world concept)."""
     from dndbench.toyworld.synonyms import concept_parts
     from dndbench.toyworld.world import concept_category, concept_id
 
+    if spec is not None and mask is not None:
+        from dndbench.toyworld.render import shows
+
+        return shows(spec, mask, concept)
     names = _world_names()
+    for alternative in concept_parts(concept):
+        if any(part not in names for part in alternative):
+            return None
     for alternative in concept_parts(concept):
         pixels: np.ndarray | None = None
         holds = True
         for part in alternative:
-            if part not in names:
-                rule = PRESENCE_RULES.get(part)
-                if rule is None or spec is None or mask is None:
-                    return None
-                holds = holds and bool(rule(spec, mask))
-                continue
             category = concept_category(part)
             if category in annotation.pixel:
                 hit = annotation.pixel[category][0] == concept_id(part)
@@ -223,11 +234,14 @@ def fc_report(model: "ToyNetModel", probe: "ToyWorldProbe", cache: Cache) -> dic
 
 # -- backends -------------------------------------------------------------------------------------
 def _first_mention(text: str, names: Sequence[str]) -> str | None:
-    from dndbench.toyworld.synonyms import concept_synonyms, normalise_text
+    """The name among ``names`` that ``text`` mentions first (by any of its synonyms; a name
+    that is no world concept, such as ``zigzag``, by its open-concept synonyms)."""
+    from dndbench.toyworld.synonyms import concept_synonyms, normalise_text, open_synonyms
 
     lowered, best = normalise_text(text), None
+    world = _world_names()
     for name in names:
-        for form in concept_synonyms(name):
+        for form in concept_synonyms(name) if name in world else open_synonyms(name):
             words = normalise_text(form).split()
             match = re.search(r"\b" + r"\s+".join(map(re.escape, words)) + r"\b", lowered)
             if match and (best is None or match.start() < best[0]
@@ -240,29 +254,42 @@ _DISTRACTOR = re.compile(r"\s+and\s+(?:a|an)\s+small\s+|\s+and\s+")
 
 
 def caption_slots(text: str) -> dict[str, str | None]:
-    """A caption read back into the toy captioner's slots (main object first, then the
-    distractor after "and (a small)"); a slot the caption does not name is None."""
-    from dndbench.toyworld.world import CATEGORIES
+    """A caption read back into the toy captioner's slots (:data:`dndbench.toyworld.captions.
+    SLOT_VALUES`; main object first, then the distractor after "and (a small)"); a slot the
+    caption does not name is None.  ``object`` is absent when no shape (nor "object", "shape")
+    is named; an outlined object's texture is plain unless the caption names one; ``outlined``,
+    ``size`` (large) and ``distractor`` (a second shape or "two objects") are read with
+    :func:`dndbench.toyworld.synonyms.names_concept`."""
+    from dndbench.toyworld.captions import SLOT_VALUES
+    from dndbench.toyworld.synonyms import names_concept
 
     parts = _DISTRACTOR.split(text, maxsplit=1)
     main, rest = parts[0], (parts[1] if len(parts) == 2 else "")
-    out: dict[str, str | None] = {c: _first_mention(main, names) for c, names in CATEGORIES.items()}
+    out: dict[str, str | None] = {
+        slot: _first_mention(main, SLOT_VALUES[slot])
+        for slot in ("shape", "colour", "texture", "scene")}
     if out["scene"] is None and rest:
-        out["scene"] = _first_mention(rest, CATEGORIES["scene"])
-    other = _first_mention(rest, CATEGORIES["shape"]) if rest else None
-    out["distractor"] = "present" if other else "absent"
+        out["scene"] = _first_mention(rest, SLOT_VALUES["scene"])
+    named_object = out["shape"] is not None or bool(re.search(r"\b(object|shape)s?\b", main))
+    out["object"] = "present" if named_object else "absent"
+    out["outlined"] = "yes" if names_concept(main, "outlined") else "no"
+    if out["outlined"] == "yes" and out["texture"] is None:
+        out["texture"] = "plain"
+    out["size"] = "large" if names_concept(main, "large object") else "ordinary"
+    other = _first_mention(rest, SLOT_VALUES["shape"]) if rest else None
+    two = other is not None or names_concept(text, "two objects")
+    out["distractor"] = "present" if two else "absent"
     out["distractor_shape"] = other
-    out["distractor_colour"] = _first_mention(rest, CATEGORIES["colour"]) if rest else None
+    out["distractor_colour"] = _first_mention(rest, SLOT_VALUES["colour"]) if rest else None
     return out
 
 
-def true_slots(spec: "SceneSpec") -> dict[str, str | None]:
-    """The slots of a spec (distractor slots None when it has none)."""
-    main = spec.concept_names()
-    other = spec.objects[1] if len(spec.objects) > 1 else None
-    return {**main, "distractor": "present" if other else "absent",
-            "distractor_shape": other.shape if other else None,
-            "distractor_colour": other.colour if other else None}
+def true_slots(spec: "SceneSpec", mask: np.ndarray | None = None) -> dict[str, str | None]:
+    """The slots of a spec (:func:`dndbench.toyworld.captions.spec_slots`: distractor slots None
+    when it has none, or with the object ``mask``, when its distractor is not visible)."""
+    from dndbench.toyworld.captions import spec_slots
+
+    return spec_slots(spec, mask)
 
 
 def main_object_box(mask: np.ndarray, margin: float = 0.15) -> tuple[int, int, int, int] | None:
@@ -309,13 +336,16 @@ def dnd_crop(image: "Image.Image", box: tuple[int, int, int, int]) -> "Image.Ima
 
 def backend_views(probe: "ToyWorldProbe", count: int
                   ) -> dict[str, tuple[list["Image.Image"], list[dict[str, str | None]]]]:
-    """Images and true slots of the three views: ``full``, ``crop``, ``background``."""
+    """Images and true slots of the three views: ``full``, ``crop``, ``background`` (a
+    patch's slots: its scene and no object)."""
+    from dndbench.toyworld.captions import patch_slots
+
     views: dict[str, tuple[list[Any], list[dict[str, str | None]]]] = {
         "full": ([], []), "crop": ([], []), "background": ([], [])}
     for i in range(min(count, len(probe))):
         image = probe.image(i)
         _, spec, mask = probe._render(i)
-        truth = true_slots(spec)
+        truth = true_slots(spec, mask)
         views["full"][0].append(image)
         views["full"][1].append(truth)
         box = main_object_box(mask)
@@ -325,7 +355,7 @@ def backend_views(probe: "ToyWorldProbe", count: int
         patch = background_box(mask)
         if patch is not None:
             views["background"][0].append(dnd_crop(image, patch))
-            views["background"][1].append(truth)
+            views["background"][1].append(patch_slots(spec.scene))
     return views
 
 
@@ -352,25 +382,28 @@ def captioner_accuracy(captioner: Any, views: dict[str, Any]) -> dict[str, Any]:
 
 
 def vlm_accuracy(vlm: Any, views: dict[str, Any]) -> dict[str, Any]:
-    """Per view: each category's top-1 accuracy of the bare concept words."""
-    from dndbench.toyworld.world import CATEGORIES
+    """Per view: each slot's top-1 accuracy among its query texts
+    (:func:`dndbench.toyworld.captions.slot_queries`: each category's bare concept words, as
+    CLIP-Dissect queries them; a word pair such as "filled" / "outlined" per binary slot)."""
+    from dndbench.toyworld.captions import SLOT_VALUES, slot_queries
 
-    words = [w for names in CATEGORIES.values() for w in names]
+    queries = slot_queries()
+    words = [w for texts in queries.values() for w in texts]
     text = vlm.encode_texts(words)
     out = {}
     for view, (images, truth) in views.items():
-        slots = [s for s in VIEW_SLOTS[view] if s in CATEGORIES]
+        slots = [s for s in VIEW_SLOTS[view] if s in queries]
         if not images:
             out[view] = {"images": 0, "slots": {s: float("nan") for s in slots}}
             continue
         sims = vlm.encode_images(images) @ text.T
         predicted: list[dict[str, str | None]] = [{} for _ in images]
         start = 0
-        for category, names in CATEGORIES.items():
-            best = sims[:, start:start + len(names)].argmax(1)
+        for slot, texts in queries.items():
+            best = sims[:, start:start + len(texts)].argmax(1)
             for row, b in zip(predicted, best):
-                row[category] = names[int(b)]
-            start += len(names)
+                row[slot] = SLOT_VALUES[slot][int(b)]
+            start += len(texts)
         out[view] = {"images": len(images), "slots": _slot_accuracy(predicted, truth, slots)}
     return out
 
@@ -442,6 +475,7 @@ def build_report(model: "ToyNetModel", cache: Cache, options: ReportOptions | No
     planted = planted_report(model, probe, cache, o.pooling)
     report["planted_units"] = planted
     report["planted_summary"] = {"units": len(planted), "pass": sum(u["gate"] for u in planted),
+                                 "recorded": sum(bool(u.get("recorded", True)) for u in planted),
                                  "by_kind": _gate_tally(planted, "kind"),
                                  "by_layer": _gate_tally(planted, "layer")}
     say("fc units")
@@ -497,13 +531,15 @@ def format_report(report: dict[str, Any]) -> str:
              f"of the top 10",
              "", "planted units:",
              f"  {'layer':7} {'unit':>4}  {'concept':18} {'kind':15} {'AUC':>6} {'top10':>5}  gate"
-             f"  (AUC mean / max pooled)"]
+             f"  recorded  (AUC mean / max pooled)"]
     for u in report["planted_units"]:
         lines.append(f"  {u['layer']:7} {u['unit']:>4}  {u['concept']:18} {u['kind']:15} "
                      f"{_f(u['auc']):>6} {u['top10']:>5}  {'pass' if u['gate'] else 'FAIL'}"
+                     f"  {'yes' if u.get('recorded', True) else 'no ':8}"
                      f"  ({_f(u.get('auc_mean'))} / {_f(u.get('auc_max'))})")
     s = report["planted_summary"]
-    lines.append(f"  {s['pass']} of {s['units']} pass; by layer "
+    lines.append(f"  {s['pass']} of {s['units']} pass on the probe ({s.get('recorded')} recorded "
+                 f"as ground truth at training time); by layer "
                  + ", ".join(f"{k} {v['pass']}/{v['units']}" for k, v in s["by_layer"].items())
                  + "; by kind " + ", ".join(f"{k} {v['pass']}/{v['units']}"
                                            for k, v in s["by_kind"].items()))

@@ -10,16 +10,20 @@ language model p(d).
 Weights: ``checkpoint`` names a file written by ``python -m dndbench.describers.milan.training``
 (``checkpoint_format=dndbench``) or a released MILAN checkpoint such as ``milan-base.pth``
 (``checkpoint_format=released``; :mod:`dndbench.describers.milan.checkpoint`).  Empty, on a toy network,
-means the toy MILAN: trained on annotations of another toy network (``annotation_seed``) on
-first use, or loaded from the cache if the training command built it.
+means the toy MILAN: trained on annotations of another toy network (``annotation_seed``, whose
+planted concepts, the ``milan`` catalogue, are disjoint from the test network's) on first use,
+or loaded from the cache if the training command built it.
 """
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from dndbench.describers.base import DESCRIBERS, Describer, Description
 from dndbench.describers.milan.config import MilanConfig
 from dndbench.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from dndbench.context import Context
@@ -82,10 +86,16 @@ class MilanDescriber(Describer[MilanConfig]):
         if not self._is_toy(ctx):
             raise ConfigError("milan: without describer.checkpoint=PATH only toy networks can be "
                               "described (the toy MILAN); give a trained or released checkpoint")
-        if getattr(ctx.model.config, "seed", None) == self.config.annotation_seed:
-            raise ConfigError(f"milan: the described toy network has seed "
-                              f"{self.config.annotation_seed}, the seed whose units the toy MILAN "
-                              f"is trained on; choose another describer.annotation_seed")
+        toy = self.toy_config()
+        catalogue = getattr(ctx.model.config, "catalogue", "benchmark")
+        if (getattr(ctx.model.config, "seed", None) == toy.annotation_seed
+                and catalogue == toy.annotation_catalogue):
+            raise ConfigError(f"milan: the described toy network (seed {toy.annotation_seed}, "
+                              f"catalogue {catalogue}) is the one whose units the toy MILAN is "
+                              f"trained on; choose another describer.annotation_seed")
+        if catalogue == toy.annotation_catalogue:
+            log.warning("milan: the described toy network plants the %r concepts the toy MILAN "
+                        "is trained on, so its planted units are no test of MILAN", catalogue)
 
     def model(self, ctx: "Context") -> "Milan":
         """The MILAN model (loaded, or trained on first use for the toy world)."""

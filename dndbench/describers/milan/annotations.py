@@ -6,26 +6,36 @@ Two sources:
   (``layer,unit,summary``, several rows per unit) and ``<root>/<layer>/images.npy`` (units, k, 3, H, W)
   uint8, ``masks.npy`` (units, k, 1, H, W), optional ``units.npy`` (unit ids of the rows).
 * :func:`toy_annotations` annotates one toy network's units from their known concepts: the class
-  of each final-layer unit, the planted concept of planted units, and for other units the concept
-  a careful annotator would read off the highlighted regions of the exemplars (the concept most of
-  the highlighted pixels belong to, when consistent enough); descriptions come from templates.
+  of each final-layer unit (when most of its exemplars show that class), the planted concept of
+  planted units, and for other units the concept a careful annotator would read off the
+  highlighted regions of the exemplars (the concept most of the highlighted pixels belong to,
+  when consistent enough); descriptions come from templates, with the concept's name and its
+  synonyms (:mod:`dndbench.toyworld.synonyms`).
+
+The toy MILAN must never learn a concept of the network it is tested on (docs/describers/milan.md):
+:func:`catalogue_parts` lists the concepts of a planted catalogue, ``exclude`` drops the units
+annotated with one of them, and :func:`check_disjoint` refuses an annotation set whose texts
+or vocabulary name one.
 """
 from __future__ import annotations
 
 import csv
 import functools
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Sequence
 
 import numpy as np
 
 from dndbench.errors import DataError
 
 if TYPE_CHECKING:
+    import torch
+
     from dndbench.context import Context
     from dndbench.describers.milan.exemplars import Exemplars
+    from dndbench.describers.milan.model import Milan
 
 
 @dataclass
@@ -40,6 +50,19 @@ class AnnotatedUnit:
     descriptions: list[str]
     concept: str = ""
     extras: dict[str, str] = field(default_factory=dict)
+
+
+def featurize(milan: "Milan", units: Sequence[AnnotatedUnit], batch: int = 16) -> "torch.Tensor":
+    """Encoder features (U, k, F) of the units' masked exemplars."""
+    import torch
+
+    out = []
+    for start in range(0, len(units), batch):
+        part = units[start:start + batch]
+        images = torch.from_numpy(np.stack([u.images for u in part])).float() / 255.0
+        masks = torch.from_numpy(np.stack([u.masks for u in part])).float()
+        out.append(milan.encode(images, masks))
+    return torch.cat(out)
 
 
 # -- MILANNOTATIONS layout ---------------------------------------------------------------------
@@ -95,6 +118,15 @@ _TEMPLATES = {
     "colour": ("{s} things", "{s} regions", "the colour {s}", "{s} objects"),
     "texture": ("{s} patterns", "{s} textures", "{s} surfaces", "things that are {s}"),
     "scene": ("{s}", "{s} backgrounds", "scenes with {s}", "{s} in the background"),
+    # a concept string that is no single world concept ("red circle", "star or water")
+    "other": ("{s}", "{s} in the image", "images with {s}", "parts showing {s}"),
+}
+#: templates for a synonym of the concept (used as it is: no plural is formed)
+_SYNONYM_TEMPLATES = {
+    "shape": ("{s} shapes", "{s} objects", "{s} things"),
+    "colour": ("{s} things", "{s} regions", "{s} objects"),
+    "texture": ("{s} patterns", "{s} textures", "{s} surfaces"),
+    "scene": ("{s}", "{s} backgrounds", "{s} scenes"),
 }
 
 
@@ -103,20 +135,83 @@ def plural(word: str) -> str:
     return word + ("es" if word.endswith(("s", "x", "sh", "ch")) else "s")
 
 
-def describe_concept(concept: str, rng: np.random.Generator, n: int = 3) -> list[str]:
-    """``n`` distinct human-style descriptions of a toy-world concept."""
-    from dndbench.toyworld.world import concept_category
+def concept_forms(concept: str) -> list[str]:
+    """The synonyms of a toy-world concept other than its name, without the forms that are
+    only the plural of another (``crescent`` -> ``crescent moon``, ``half moon``, ``moon``)."""
+    from dndbench.toyworld.synonyms import concept_synonyms
+    from dndbench.toyworld.synonyms import plural as regular_plural
 
-    templates = _TEMPLATES[concept_category(concept)]
-    picks = rng.choice(len(templates), size=min(n, len(templates)), replace=False)
-    return [templates[i].format(s=concept, p=plural(concept)) for i in sorted(picks)]
+    forms = concept_synonyms(concept)
+    return [f for f in forms[1:] if f != regular_plural(concept)
+            and not any(f == regular_plural(g) for g in forms if g != f)]
+
+
+def describe_concept(concept: str, rng: np.random.Generator, n: int = 3) -> list[str]:
+    """``n`` distinct human-style descriptions of a toy-world concept: the first names it, the
+    others name it or (when it has any) one of its synonyms."""
+    from dndbench.toyworld.world import all_concepts, concept_category
+
+    single = concept in {c.name for c in all_concepts()}
+    category = concept_category(concept) if single else "other"
+    named = [t.format(s=concept, p=plural(concept)) for t in _TEMPLATES[category]]
+    variants = [t.format(s=form) for form in (concept_forms(concept) if single else [])
+                for t in _SYNONYM_TEMPLATES[category]]
+    first = named.pop(int(rng.integers(len(named))))
+    pool = [t for t in dict.fromkeys(variants + named) if t != first]
+    # synonyms first (when there are any), so the captions vary the words, not only the template
+    rest = [t for t in pool if t in variants] or pool
+    picks = rng.choice(len(rest), size=min(n - 1, len(rest)), replace=False)
+    out = [first] + [rest[i] for i in sorted(picks)]
+    if len(out) < n:
+        out += [t for t in pool if t not in out][:n - len(out)]
+    return out
 
 
 def concept_in_text(concept: str, text: str) -> bool:
-    """Whether ``text`` names ``concept`` (a plural counts: "stars" names "star")."""
-    import re
+    """Whether ``text`` names ``concept``: its name, a plural or a synonym; every part of a
+    compositional or polysemantic concept string
+    (:func:`dndbench.toyworld.synonyms.names_concept`)."""
+    from dndbench.toyworld.synonyms import names_concept
 
-    return re.search(rf"\b{re.escape(concept)}(e?s)?\b", text.lower()) is not None
+    return names_concept(text, concept)
+
+
+# -- disjoint from the test network ---------------------------------------------------------------
+def catalogue_parts(catalogue: str) -> tuple[str, ...]:
+    """Every concept a planted catalogue names: the parts of its concept strings (``"red
+    circle"`` -> red, circle; ``"star or water"`` -> star, water; ``"two objects"``), sorted."""
+    from dndbench.toyworld.planted import CATALOGUES
+    from dndbench.toyworld.synonyms import concept_parts
+
+    try:
+        layers = CATALOGUES[catalogue]
+    except KeyError:
+        raise DataError(f"unknown planted catalogue {catalogue!r}; choose from "
+                        f"{', '.join(CATALOGUES)}") from None
+    return tuple(sorted({part for concepts in layers.values() for concept in concepts
+                         for alternative in concept_parts(concept) for part in alternative}))
+
+
+def named_parts(text: str, parts: Iterable[str]) -> list[str]:
+    """The concepts of ``parts`` that ``text`` names (synonyms and plurals count)."""
+    from dndbench.toyworld.synonyms import names_concept
+
+    return [part for part in parts if names_concept(text, part)]
+
+
+def check_disjoint(units: Sequence[AnnotatedUnit], catalogue: str,
+                   words: Iterable[str] = ()) -> None:
+    """Raise :class:`~dndbench.errors.DataError` when a description of ``units`` (or one of
+    ``words``, e.g. the captioner's vocabulary) names a concept of the planted ``catalogue``."""
+    parts = catalogue_parts(catalogue)
+    leaks = [(f"{u.layer}:{u.unit}", text, named_parts(text, parts))
+             for u in units for text in u.descriptions]
+    leaks += [("vocabulary", word, named_parts(word, parts)) for word in words]
+    leaks = [leak for leak in leaks if leak[2]]
+    if leaks:
+        shown = "; ".join(f"{where} {text!r} names {found}" for where, text, found in leaks[:5])
+        raise DataError(f"{len(leaks)} MILAN annotation text(s) name concepts of the "
+                        f"{catalogue!r} catalogue, which the toy MILAN must not learn: {shown}")
 
 
 def read_highlight(annotation: Callable[[int], Any], indices: np.ndarray,
@@ -150,23 +245,45 @@ def read_highlight(annotation: Callable[[int], Any], indices: np.ndarray,
     return best, scores[best] / used
 
 
+def class_agreement(ctx: "Context", indices: np.ndarray, name: str) -> float:
+    """Share of the exemplar images ``indices`` whose main object is of class ``name`` (1 for
+    a probe without scene specs)."""
+    spec = getattr(ctx.probe, "spec", None)
+    if spec is None or not len(indices):
+        return 1.0
+    return float(np.mean([spec(int(i)).main.shape == name for i in indices.tolist()]))
+
+
 def toy_annotations(ctx: "Context", exemplars: "Exemplars", seed: int = 0,
-                    min_agreement: float = 0.6, per_unit: int = 3) -> list[AnnotatedUnit]:
-    """Annotate ``exemplars`` of ``ctx.layer`` of a toy network (see module docstring)."""
+                    min_agreement: float = 0.6, per_unit: int = 3,
+                    exclude: Collection[str] = (),
+                    skipped: Counter[str] | None = None) -> list[AnnotatedUnit]:
+    """Annotate ``exemplars`` of ``ctx.layer`` of a toy network (see module docstring).  Units
+    whose concept names one of ``exclude`` (concepts the annotations must not teach) are
+    skipped, as are class units whose exemplars mostly show other classes and highlighted
+    regions that agree too little; ``skipped`` counts them by reason."""
     planted = ctx.model.planted_concepts(ctx.layer)
     classes = ctx.model.class_names() if ctx.is_final_layer else None
     annotation = functools.lru_cache(maxsize=None)(ctx.probe.annotation)
+    skipped = Counter() if skipped is None else skipped
     out = []
     for row, unit in enumerate(exemplars.units):
         source = "class" if classes else "planted" if unit in planted else "highlight"
         if classes:
             concept = classes[unit]
+            score = class_agreement(ctx, exemplars.indices[row], concept)
         elif unit in planted:
-            concept = planted[unit]
+            concept, score = planted[unit], 1.0
         else:
             concept, score = read_highlight(annotation, exemplars.indices[row], exemplars.masks[row])
-            if score < min_agreement:
-                continue
+        # a class name is excluded whatever its exemplars show; a highlighted concept only
+        # once it is read reliably (otherwise it is no annotation at all)
+        if named_parts(concept, exclude) and (source != "highlight" or score >= min_agreement):
+            skipped[f"{source}: test-network concept"] += 1
+            continue
+        if not concept or score < min_agreement:
+            skipped[f"{source}: exemplars disagree"] += 1
+            continue
         rng = np.random.default_rng([seed, hash_layer(ctx.layer), unit])
         out.append(AnnotatedUnit(ctx.layer, unit, exemplars.images[row], exemplars.masks[row],
                                  describe_concept(concept, rng, per_unit), concept,

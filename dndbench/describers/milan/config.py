@@ -43,8 +43,9 @@ class MilanConfig(DescriberConfig):
     Decoding: ``strategy`` (greedy, beam, rerank), ``beam_size``, ``max_length`` tokens,
     ``temperature`` = λ of the PMI re-ranking.  Weights: ``checkpoint`` (path; empty = the
     toy MILAN) and ``checkpoint_format`` (auto, dndbench, released).  The toy MILAN:
-    ``annotation_seed`` (the annotated ``toynet``, standard training, never the described
-    network), ``annotation_probe_seed`` / ``annotation_probe_size``, ``sizes`` (``toy``: the
+    ``annotation_seed`` (the annotated ``toynet``: standard training, the ``milan`` planted
+    catalogue, disjoint from the test network's; never the described network),
+    ``annotation_probe_seed`` / ``annotation_probe_size``, ``sizes`` (``toy``: the
     smaller CPU preset :data:`~dndbench.describers.milan.training.TOY_SIZES`; ``paper``: embedding
     128, hidden 512, LM 2 x 512, dropout 0.5), ``epochs``, ``train_seed``, ``hold_out``
     (fraction of units held out for the reported validation; the saved model is the

@@ -57,8 +57,9 @@ def build_backbone(spec: EncoderSpec, weights: str | None = None) -> nn.Module:
         from dndbench.toyworld.network import ToyNet
 
         o = spec.options
+        planted = {layer: [int(u) for u in units] for layer, units in o.get("planted", {}).items()}
         return ToyNet(int(o.get("num_classes", 12)), tuple(o.get("widths", (16, 32, 64, 128))),
-                      int(o.get("blocks", 1)))
+                      int(o.get("blocks", 1)), planted)
     import torchvision
 
     return getattr(torchvision.models, spec.arch)(weights=weights or None)

@@ -1,16 +1,21 @@
 """Train MILAN (captioner + language model) on an annotation set, with a held-out split.
 
 ``python -m dndbench.describers.milan.training`` (toy world, the default) annotates every unit of
-``layer2``-``fc`` of a toy network trained with another seed (``--annotation-seed``, default 1)
-and trains the toy MILAN into the cache folder the ``milan`` describer reads, so a later
-``python -m dndbench describer=milan`` loads it instead of training on first use.
+``layer1``-``fc`` of a toy network trained with another seed (``--annotation-seed``, default 1)
+and its own planted concepts (the ``milan`` catalogue, disjoint from the test network's:
+no annotation names a concept of the test network, :func:`~dndbench.describers.milan.
+annotations.check_disjoint`), and trains the toy MILAN into the cache folder the ``milan``
+describer reads, so a later ``python -m dndbench describer=milan`` loads it instead of
+training on first use.
 ``--source milannotations --root DIR`` trains on the released MILANNOTATIONS layout instead
 (``--encoder resnet101`` with ImageNet weights as in the paper; ``--out`` required).
 
 The held-out units (``hold_out``, by unit) give the reported validation loss and caption quality
 (exact match, BLEU-1, and for the toy world whether the description names the unit's concept);
 with ``refit`` (the real track's default) the saved model is then trained again on every unit;
-the toy MILAN saves the validated model itself.
+the toy MILAN saves the validated model itself.  The toy MILAN's report also describes the test
+network's planted units, concepts it never saw
+(:mod:`~dndbench.describers.milan.generalisation`).
 """
 from __future__ import annotations
 
@@ -27,6 +32,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from dndbench.cache import Cache, atomic_path, stable_hash
+from dndbench.describers.milan.annotations import featurize
+from dndbench.describers.milan.generalisation import UnseenConfig
 from dndbench.toyworld.target_model import ToyNetConfig, ToyNetModel
 from dndbench.training_checkpoint import remove_checkpoints
 
@@ -38,7 +45,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 #: bump whenever a change of the code alters the trained toy MILAN
-TOY_MILAN_VERSION = "toy-milan-v1"
+TOY_MILAN_VERSION = "toy-milan-v2"
 
 
 @dataclass
@@ -66,21 +73,26 @@ TOY_SIZES: dict[str, Any] = {"embedding_size": 64, "hidden_size": 128, "lm_embed
 @dataclass
 class ToyMilanConfig:
     """Everything that determines the toy MILAN: the annotation network (the ``toynet`` model
-    with seed ``annotation_seed`` and, by default, its standard training, so its weights are
-    shared with ``model=toynet model.seed=1``; also the frozen exemplar encoder), the probe its
-    exemplars come from, the annotator and the model sizes / fit."""
+    with seed ``annotation_seed``, planted ``annotation_catalogue`` and, by default, its
+    standard training, so its weights are shared with ``model=toynet model.seed=1
+    model.catalogue=milan``; also the frozen exemplar encoder), the probe its exemplars come
+    from, the annotator, the model sizes / fit, and the ``unseen`` network of the
+    generalisation report (the test network: no annotation may name a concept of its
+    catalogue)."""
 
     annotation_seed: int = 1
+    annotation_catalogue: str = "milan"
     annotation_train_images: int = ToyNetConfig.train_images
     annotation_epochs: int = ToyNetConfig.epochs
     probe_seed: int = 3000
     probe_size: int = 800
-    layers: tuple[str, ...] = ("layer2", "layer3", "layer4", "fc")
+    layers: tuple[str, ...] = ("layer1", "layer2", "layer3", "layer4", "fc")
     k: int = 15
     quantile: float = 0.99
     min_agreement: float = 0.6
     sizes: dict[str, Any] = field(default_factory=lambda: dict(TOY_SIZES))
     fit: FitConfig = field(default_factory=lambda: FitConfig(refit=False))
+    unseen: UnseenConfig = field(default_factory=UnseenConfig)
 
 
 def toy_key(config: ToyMilanConfig) -> str:
@@ -96,19 +108,6 @@ def toy_dir(config: ToyMilanConfig, cache: Cache) -> Path:
 
 
 # -- data ------------------------------------------------------------------------------------------
-def featurize(milan: "Milan", units: Sequence["AnnotatedUnit"], batch: int = 16) -> "torch.Tensor":
-    """Encoder features (U, k, F) of the units' masked exemplars."""
-    import torch
-
-    out = []
-    for start in range(0, len(units), batch):
-        part = units[start:start + batch]
-        images = torch.from_numpy(np.stack([u.images for u in part])).float() / 255.0
-        masks = torch.from_numpy(np.stack([u.masks for u in part])).float()
-        out.append(milan.encode(images, masks))
-    return torch.cat(out)
-
-
 def split_units(n: int, hold_out: float, seed: int) -> tuple[list[int], list[int]]:
     """Train / held-out unit positions (at least one held out when 0 < hold_out and n > 1)."""
     if hold_out <= 0 or n < 2:
@@ -251,7 +250,8 @@ def evaluate(milan: "Milan", feats: "torch.Tensor", units: Sequence["AnnotatedUn
         "exact_match": float(np.mean([p in r for p, r in zip(preds, refs)])),
         "bleu1": bleu1(preds, refs),
         "examples": [{"layer": units[r].layer, "unit": units[r].unit, "prediction": p,
-                      "references": units[r].descriptions} for r, p in zip(rows, preds)],
+                      "references": units[r].descriptions, "concept": units[r].concept}
+                     for r, p in zip(rows, preds)],
     }
     concepts = [units[r].concept for r in rows]
     if all(concepts):
@@ -318,7 +318,8 @@ def annotation_model(config: ToyMilanConfig, cache: Cache, progress: bool = Fals
     progress bar when ``progress``)."""
     model = ToyNetModel(ToyNetConfig(name="toynet", seed=config.annotation_seed,
                                      train_images=config.annotation_train_images,
-                                     epochs=config.annotation_epochs))
+                                     epochs=config.annotation_epochs,
+                                     catalogue=config.annotation_catalogue))
     model.cache = cache
     model.progress = progress
     return model
@@ -326,24 +327,34 @@ def annotation_model(config: ToyMilanConfig, cache: Cache, progress: bool = Fals
 
 def toy_encoder(config: ToyMilanConfig, cache: Cache,
                 progress: bool = False) -> tuple["EncoderSpec", Any]:
-    """The frozen exemplar encoder of the toy MILAN: the annotation ToyNet (a classifier of the
-    toy world, in the role ImageNet ResNet-101 plays for real networks)."""
+    """The frozen exemplar encoder of the toy MILAN: the annotation ToyNet (a classifier of all
+    the toy world's shapes, in the role ImageNet ResNet-101 plays for real networks; its
+    planted units are MILAN's own concepts, never the test network's)."""
     from dndbench.describers.milan.model import EncoderSpec
     from dndbench.toyworld.network import MEAN, STD
 
+    from dndbench.toyworld.train_toynet import planted_map
+
     model = annotation_model(config, cache, progress)
     cfg = model.train_config()
+    planted = {layer: sorted(units) for layer, units in planted_map(cfg).items()}
     spec = EncoderSpec(arch="toynet", input_size=model.input_size, mean=MEAN, std=STD,
                        options={"widths": list(cfg.widths), "blocks": cfg.blocks,
-                                "num_classes": len(model.class_names())})
+                                "num_classes": len(model.class_names()), "planted": planted})
     return spec, model.network(pretrained=True)
 
 
-def toy_annotation_set(config: ToyMilanConfig, cache: Cache,
-                       progress: bool = False) -> list["AnnotatedUnit"]:
-    """Annotated units of every configured layer of the annotation network."""
+def toy_annotation_set(config: ToyMilanConfig, cache: Cache, progress: bool = False,
+                       skipped: Counter[str] | None = None) -> list["AnnotatedUnit"]:
+    """Annotated units of every configured layer of the annotation network, none of them
+    annotated with a concept of the unseen network's catalogue (checked: a leak raises
+    :class:`~dndbench.errors.DataError`); ``skipped`` counts the units left out, by reason."""
     from dndbench.context import Context
-    from dndbench.describers.milan.annotations import toy_annotations
+    from dndbench.describers.milan.annotations import (
+        catalogue_parts,
+        check_disjoint,
+        toy_annotations,
+    )
     from dndbench.describers.milan.exemplars import compute_exemplars
     from dndbench.toyworld.probe_set import ToyWorldConfig, ToyWorldProbe
 
@@ -352,26 +363,46 @@ def toy_annotation_set(config: ToyMilanConfig, cache: Cache,
                                          size=config.probe_size))
     probe.cache = cache
     probe._KEEP = config.probe_size  # keep every render: each layer's passes revisit the images
+    exclude = catalogue_parts(config.unseen.catalogue)
     units: list[AnnotatedUnit] = []
     for layer in config.layers:
         ctx = Context(model=model, probe=probe, layer=model.resolve_layer(layer),
                       units=list(range(model.num_units(layer))), cache=cache, progress=progress)
         ex = compute_exemplars(ctx, k=config.k, quantile=config.quantile)
-        units += toy_annotations(ctx, ex, seed=config.fit.seed, min_agreement=config.min_agreement)
+        units += toy_annotations(ctx, ex, seed=config.fit.seed, min_agreement=config.min_agreement,
+                                 exclude=exclude, skipped=skipped)
+    check_disjoint(units, config.unseen.catalogue)
     return units
 
 
 def train_toy(config: ToyMilanConfig, out_dir: Path | str, cache: Cache,
               progress: bool = True) -> "Milan":
     """Build the toy annotation set, train, write ``milan.pt`` and ``meta.json`` (last)."""
+    from dndbench.describers.milan.annotations import check_disjoint
+    from dndbench.describers.milan.generalisation import (
+        format_generalisation,
+        generalisation_report,
+    )
+
     started = time.perf_counter()
-    units = toy_annotation_set(config, cache, progress)
+    skipped: Counter[str] = Counter()
+    units = toy_annotation_set(config, cache, progress, skipped)
     spec, backbone = toy_encoder(config, cache, progress)
     milan = train_on_units(units, spec, backbone, toy_sizes(config), config.fit, progress,
                            checkpoint_dir=Path(out_dir), checkpoint_key=toy_key(config))
+    check_disjoint([], config.unseen.catalogue, words=milan.vocab.words)
+    trained = time.perf_counter()
+    report = milan.meta["report"]
+    report["generalisation"] = generalisation_report(
+        milan, report.get("held_out", {}), config.unseen, config.k, config.quantile, cache,
+        progress, config.annotation_catalogue)
+    if progress:
+        print(format_generalisation(report["generalisation"]), file=sys.stderr)
     sources = Counter(u.extras.get("source", "") for u in units)
     milan.meta.update({"key": toy_key(config), "config": asdict(config),
-                       "annotations": dict(sources),
+                       "annotations": dict(sources), "skipped_units": dict(skipped),
+                       "annotation_concepts": dict(Counter(u.concept for u in units)),
+                       "seconds_generalisation": round(time.perf_counter() - trained, 2),
                        "seconds_total": round(time.perf_counter() - started, 2)})
     save(milan, Path(out_dir))
     remove_checkpoints(out_dir)  # the weights are written: a rerun has nothing to resume
@@ -416,6 +447,10 @@ def format_report(report: dict[str, Any]) -> str:
                      + accuracy)
         for ex in ho["examples"][:20]:
             lines.append(f"  {ex['layer']}:{ex['unit']:<4} {ex['prediction']!r:32} refs {ex['references']}")
+    if report.get("generalisation"):
+        from dndbench.describers.milan.generalisation import format_generalisation
+
+        lines.append(format_generalisation(report["generalisation"]))
     return "\n".join(lines)
 
 

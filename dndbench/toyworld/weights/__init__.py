@@ -102,7 +102,7 @@ def shipped(kind: str, fingerprint: str, folder: Path | None = None) -> dict[str
 
 
 def load_tensors(kind: str, folder: Path | None = None) -> dict[str, Any]:
-    """The shipped tensors of ``kind`` (sha256 checked against the manifest)."""
+    """The shipped tensors of ``kind`` (sha256 checked against the manifest), as float32."""
     from safetensors.torch import load_file
 
     folder = folder or HERE
@@ -113,7 +113,9 @@ def load_tensors(kind: str, folder: Path | None = None) -> dict[str, Any]:
         raise DataError(f"shipped weights {path} are damaged (sha256 {found[:12]}..., the "
                         f"manifest says {entry['sha256'][:12]}...); reinstall the package or set "
                         f"{ENV}=0 to train instead")
-    return load_file(str(path))
+    # stored as float16 (see ship_weights.export); float32 holds every float16 value exactly
+    return {k: v.float() if str(v.dtype) == "torch.float16" else v
+            for k, v in load_file(str(path)).items()}
 
 
 def install(kind: str, fingerprint: str, out_dir: Path, folder: Path | None = None) -> bool:
