@@ -332,7 +332,6 @@ def toy_encoder(config: ToyMilanConfig, cache: Cache,
     planted units are MILAN's own concepts, never the test network's)."""
     from dndbench.describers.milan.model import EncoderSpec
     from dndbench.toyworld.network import MEAN, STD
-
     from dndbench.toyworld.train_toynet import planted_map
 
     model = annotation_model(config, cache, progress)
