@@ -15,12 +15,11 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from dndbench.errors import DataError
 from dndbench.models.base import MODELS, ModelConfig, TargetModel
+from dndbench.toyworld.train_toynet import TrainConfig
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
-
-    from dndbench.toyworld.train_toynet import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +31,9 @@ class ToyNetConfig(ModelConfig):
     first use, train) the weights."""
 
     seed: int = 0
-    train_images: int = 8000
-    epochs: int = 14
+    # the training defaults, so the default model is the shipped one
+    train_images: int = TrainConfig.train_images
+    epochs: int = TrainConfig.epochs
     catalogue: str = "benchmark"
 
 
@@ -46,10 +46,8 @@ class ToyNetModel(TargetModel[ToyNetConfig]):
     input_size = 64
     track = "toy"  # the toy world's probe and backends by default
 
-    def train_config(self) -> "TrainConfig":
+    def train_config(self) -> TrainConfig:
         """The full training config these options select."""
-        from dndbench.toyworld.train_toynet import TrainConfig
-
         c = self.config
         return TrainConfig(seed=c.seed, train_images=c.train_images, epochs=c.epochs,
                            catalogue=c.catalogue)
