@@ -180,3 +180,23 @@ def test_exporting_the_installed_weights_gives_the_shipped_files(tmp_path: Path)
             assert check["slot_accuracy"] == pytest.approx(recorded["slot_accuracy"])
     written = json.loads((tmp_path / "out" / weights.MANIFEST).read_text())
     assert {k: v["sha256"] for k, v in written.items()} == {k: v["sha256"] for k, v in entries.items()}
+
+
+def test_refreshing_one_kind_keeps_the_other_manifest_entries(tmp_path: Path) -> None:
+    from dndbench.toyworld.toy_backends import ToyCaptioner, ToyModelConfig
+
+    cache = Cache(tmp_path / "cache")
+    ToyCaptioner(ToyModelConfig(name="toy"), cache_dir=cache.root).ensure_trained()
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = ["--cache", str(cache.root), "--out", str(out), "--only", "toy_backends"]
+    assert ship_weights.main(argv) == 2  # no manifest to keep the other entries of
+    assert not any(out.iterdir())
+    shipped = weights.manifest()
+    (out / weights.MANIFEST).write_text(json.dumps(shipped))
+    assert ship_weights.main(argv) == 0
+    written = json.loads((out / weights.MANIFEST).read_text())
+    assert list(written) == list(weights.FILES)
+    assert written["toynet"] == shipped["toynet"] and written["toy_milan"] == shipped["toy_milan"]
+    assert written["toy_backends"]["sha256"] == shipped["toy_backends"]["sha256"]
+    assert sorted(p.name for p in out.iterdir()) == [weights.MANIFEST, "toy_backends.safetensors"]

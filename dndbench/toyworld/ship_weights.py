@@ -8,7 +8,8 @@ the default trainings of a cache::
 writes ``toynet.safetensors``, ``toy_backends.safetensors``, ``toy_milan.safetensors`` and
 ``manifest.json`` (fingerprint, sha256, size, the training machine, the training's
 ``meta.json``, headline accuracies and a small accuracy check on each network's own held-out
-images) into ``dndbench/toyworld/weights/``.
+images) into ``dndbench/toyworld/weights/``.  ``--only toy_backends`` (repeatable) refreshes
+the named kinds alone and keeps the other files and manifest entries as they are.
 """
 from __future__ import annotations
 
@@ -76,15 +77,14 @@ def default_milan_folder(cache_root: Path) -> Path | None:
     return None
 
 
-def source_dirs(cache_root: Path) -> dict[str, Path]:
-    """Where a cache holds the default trainings, by kind."""
+def source_dirs(cache_root: Path, kinds: tuple[str, ...] = tuple(FILES)) -> dict[str, Path]:
+    """Where a cache holds the default trainings of ``kinds``, by kind."""
     keys = default_fingerprints(cache_root)
-    if "toy_milan" not in keys:
+    if "toy_milan" in kinds and "toy_milan" not in keys:
         raise DataError(f"{cache_root} holds no finished default toy MILAN training; train it "
                         f"first (python -m dndbench train-milan)")
-    return {"toynet": cache_root / "toynet" / keys["toynet"],
-            "toy_backends": cache_root / "toy_backends" / keys["toy_backends"],
-            "toy_milan": cache_root / "milan" / keys["toy_milan"]}
+    folders = {"toynet": "toynet", "toy_backends": "toy_backends", "toy_milan": "milan"}
+    return {kind: cache_root / folders[kind] / keys[kind] for kind in kinds}
 
 
 def _flat_milan(payload: dict[str, Any]) -> dict[str, Any]:
@@ -93,15 +93,32 @@ def _flat_milan(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def export(cache_root: Path, out: Path | None = None,
-           trained_on: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write the safetensors files and ``manifest.json`` into ``out`` (default: this package
-    folder) from the default trainings in ``cache_root``; return the manifest."""
+           trained_on: dict[str, Any] | None = None,
+           kinds: tuple[str, ...] = tuple(FILES)) -> dict[str, Any]:
+    """Write the safetensors files of ``kinds`` and ``manifest.json`` into ``out`` (default:
+    this package folder) from the default trainings in ``cache_root``; the manifest keeps the
+    entries of the other kinds that ``out`` already holds.  Return the manifest."""
     import torch
     from safetensors.torch import save_file
 
+    unknown = sorted(set(kinds) - set(FILES))
+    if unknown:
+        raise DataError(f"unknown weight kind(s) {', '.join(unknown)}; choose from "
+                        f"{', '.join(FILES)}")
     out = Path(out or HERE)
-    folders = source_dirs(Path(cache_root))
+    folders = source_dirs(Path(cache_root), tuple(kinds))
     entries: dict[str, Any] = {}
+    if set(kinds) != set(FILES):
+        try:
+            kept = json.loads((out / MANIFEST).read_text())
+        except (OSError, ValueError) as err:
+            raise DataError(f"{out / MANIFEST} cannot be read ({err}); refresh every kind "
+                            f"(leave out --only)") from err
+        missing = [k for k in FILES if k not in kinds and k not in kept]
+        if missing:
+            raise DataError(f"{out / MANIFEST} has no entry for {', '.join(missing)}; refresh "
+                            f"it too (--only {' --only '.join(missing)})")
+        entries = {k: kept[k] for k in FILES if k not in kinds}
     for kind, folder in folders.items():
         meta_path = folder / "meta.json"
         if not meta_path.is_file():
@@ -131,6 +148,7 @@ def export(cache_root: Path, out: Path | None = None,
             entry["sample_check"] = sample_check(kind, tensors, meta)
         entry["meta"] = meta
         entries[kind] = entry
+    entries = {k: entries[k] for k in FILES}
     with atomic_path(out / MANIFEST) as tmp:
         tmp.write_text(json.dumps(entries, indent=1, default=str) + "\n")
     reload()
@@ -210,12 +228,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="thread count the trainings ran with (recorded; default: this "
                              "process's torch.get_num_threads())")
+    parser.add_argument("--only", action="append", choices=tuple(FILES), default=None,
+                        help="refresh only this kind (repeatable); the others stay as shipped")
     args = parser.parse_args(argv)
     trained_on = machine()
     if args.threads is not None:
         trained_on["threads"] = args.threads
-    entries = export(args.cache or default_cache_dir(), args.out, trained_on)
-    for kind, entry in entries.items():
+    kinds = tuple(args.only or FILES)
+    try:
+        entries = export(args.cache or default_cache_dir(), args.out, trained_on, kinds)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for kind in kinds:
+        entry = entries[kind]
         print(f"{kind:13} {entry['file']:26} {entry['bytes'] / 1e6:5.2f} MB  "
               f"{entry['fingerprint']}  {json.dumps(entry['accuracy'])}")
     return 0

@@ -46,12 +46,12 @@ from dndbench.backends.base import (
 from dndbench.cache import Cache, stable_hash
 from dndbench.errors import DataError
 from dndbench.registry import Choice
+from dndbench.toyworld.train_toy_backends import BackendTrainConfig
 
 if TYPE_CHECKING:
     import numpy as np
     from PIL import Image
 
-    from dndbench.toyworld.train_toy_backends import BackendTrainConfig
     from dndbench.toyworld.world import SceneSpec
 
 log = logging.getLogger(__name__)
@@ -69,10 +69,11 @@ class ToyModelConfig(BackendConfig):
     cache_tag = "ToyModelConfig"  # its name when configs were hashed by class name
 
     batch_size: int = 128
-    seed: int = 0
-    train_images: int = 6000
-    epochs: int = 5
-    test_images: int = 1000
+    # the training defaults, so the default backends are the shipped ones
+    seed: int = BackendTrainConfig.seed
+    train_images: int = BackendTrainConfig.train_images
+    epochs: int = BackendTrainConfig.epochs
+    test_images: int = BackendTrainConfig.test_images
 
 
 class _ToyTrained:
@@ -82,9 +83,7 @@ class _ToyTrained:
     cache_dir: Path
     device: str
 
-    def train_config(self) -> "BackendTrainConfig":
-        from dndbench.toyworld.train_toy_backends import BackendTrainConfig
-
+    def train_config(self) -> BackendTrainConfig:
         c = self.config
         return BackendTrainConfig(seed=c.seed, train_images=c.train_images, epochs=c.epochs,
                                   test_images=c.test_images)

@@ -66,9 +66,9 @@ class BackendTrainConfig:
     """Everything that determines the toy backends' trained weights."""
 
     seed: int = 0
-    train_images: int = 6000
+    train_images: int = 8000
     test_images: int = 1000
-    epochs: int = 5
+    epochs: int = 8
     batch_size: int = 32
     lr: float = 3e-3
     weight_decay: float = 5e-4
@@ -77,8 +77,8 @@ class BackendTrainConfig:
     unk_prob: float = 0.2
     crops_per_image: int = 1
     patch_fraction: float = 0.25
-    outlined_fraction: float = 0.3
-    distractor_fraction: float = 0.5
+    outlined_fraction: float = 0.45
+    distractor_fraction: float = 0.6
     box_jitter: float = 0.1
     predicted_boxes: float = 0.7
 
