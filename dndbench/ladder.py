@@ -153,8 +153,9 @@ def markdown(means: "pd.DataFrame", taus: "pd.DataFrame", strengths: dict[str, l
                   f"{md_cell(probe)})", "",
                   "| setting | role | " + " | ".join(md_cell(n) for n in names) + " |",
                   "|---|---|" + "---:|" * len(names)]
-        ranks = {n: {b: r for r, b in enumerate(group[group.strength == n]
-                                                .sort_values("mean", ascending=False).base, 1)}
+        # equal means share the best rank of their tie (1, 1, 3, ...)
+        ranks = {n: {b: int(r) for b, r in group[group.strength == n].set_index("base")["mean"]
+                     .rank(method="min", ascending=False).items()}
                  for n in names}
         first = group[group.strength == names[0]] if (group.strength == names[0]).any() else group
         order = list(dict.fromkeys([*first.sort_values("mean", ascending=False).base,
@@ -177,8 +178,8 @@ def markdown(means: "pd.DataFrame", taus: "pd.DataFrame", strengths: dict[str, l
                      f"{md_cell(row['layer'])} | {md_cell(row['strength_a'])} | "
                      f"{md_cell(row['strength_b'])} | {row['n_settings']} | "
                      f"{_fmt(row['tau'], '.2f')} | {_fmt(row['p'], '.3g')} |")
-    lines += ["", "Ranks in brackets (1 = highest mean at that strength); τ = 1: both strengths "
-              "rank the settings identically.", ""]
+    lines += ["", "Ranks in brackets (1 = highest mean at that strength; equal means share a "
+              "rank); τ = 1: both strengths rank the settings identically.", ""]
     return "\n".join(lines)
 
 

@@ -227,6 +227,19 @@ def test_kendall_tau_compares_the_strengths_rankings() -> None:
     assert taus[("oracle", "weak")] == pytest.approx(-1.0)
 
 
+def test_the_ladder_tables_give_tied_means_one_rank() -> None:
+    from dndbench.ladder import agreement, markdown
+
+    rows = [{"model": "toynet", "layer": "fc", "neuron_set": "x", "probe": "toyworld",
+             "metric": "m", "strength": "oracle", "base": base, "mean": value, "role": role}
+            for base, value, role in [("dnd", 1.0, "method"), ("oracle", 1.0, "reference"),
+                                      ("constant", 0.0, "control")]]
+    means = pd.DataFrame(rows)
+    md = markdown(means, agreement(means), {"oracle": []})
+    assert "| dnd | method | 1.000 (1) |" in md and "| oracle | reference | 1.000 (1) |" in md
+    assert "| constant | control | 0.000 (3) |" in md
+
+
 def test_the_ladder_runs_each_strength_into_its_folder(tmp_path: Path) -> None:
     from dndbench.ladder import run_strengths
 
