@@ -142,6 +142,7 @@ def _fmt(value: Any, spec: str = ".3f") -> str:
 def markdown(means: "pd.DataFrame", taus: "pd.DataFrame", strengths: dict[str, list[str]]) -> str:
     """The ladder's tables: means per strength (rank in brackets), then Kendall's τ."""
     from dndbench.results.leaderboard import md_cell
+    from dndbench.results.statistics import tied_ranks
 
     names = list(strengths)
     lines = ["## Backend-strength ladder", ""]
@@ -153,10 +154,10 @@ def markdown(means: "pd.DataFrame", taus: "pd.DataFrame", strengths: dict[str, l
                   f"{md_cell(probe)})", "",
                   "| setting | role | " + " | ".join(md_cell(n) for n in names) + " |",
                   "|---|---|" + "---:|" * len(names)]
-        # equal means share the best rank of their tie (1, 1, 3, ...)
-        ranks = {n: {b: int(r) for b, r in group[group.strength == n].set_index("base")["mean"]
-                     .rank(method="min", ascending=False).items()}
-                 for n in names}
+        ranks = {}
+        for n in names:
+            mine = group[group.strength == n]
+            ranks[n] = dict(zip(mine.base, tied_ranks(mine["mean"])))
         first = group[group.strength == names[0]] if (group.strength == names[0]).any() else group
         order = list(dict.fromkeys([*first.sort_values("mean", ascending=False).base,
                                     *group.base]))

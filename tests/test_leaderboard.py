@@ -8,7 +8,14 @@ import pandas as pd
 import pytest
 
 from dndbench.errors import DataError
-from dndbench.results.leaderboard import bootstrap_ci, leaderboard, load_scores, main, to_markdown
+from dndbench.results.leaderboard import (
+    bootstrap_ci,
+    leaderboard,
+    load_scores,
+    main,
+    pairs_table,
+    to_markdown,
+)
 
 
 def write_scores(run_dir: Path, setting: str, values: list[float], num_units: int) -> None:
@@ -43,6 +50,21 @@ def test_sweep_directory_merges_into_one_table(tmp_path: Path) -> None:
     assert best["mean"] == pytest.approx(0.88)
     md = to_markdown(table)
     assert "| 1 | dnd(beta=1) | 0.880 |" in md
+
+
+def test_settings_with_equal_means_share_a_rank(tmp_path: Path) -> None:
+    from dndbench.results.report_cards import boards
+    from dndbench.results.statistics import tied_ranks
+
+    assert tied_ranks([0.9, 0.9, 0.5, float("nan"), 0.5]) == [1, 1, 3, 5, 3]
+    write_scores(tmp_path / "a", "netdissect", [1.0, 1.0, 1.0], 3)
+    write_scores(tmp_path / "b", "clip_dissect", [1.0, 1.0, 1.0], 3)
+    write_scores(tmp_path / "c", "milan", [0.2, 0.3, 0.1], 3)
+    table = leaderboard(load_scores([tmp_path]))
+    md = to_markdown(table)
+    assert "| 1 | clip_dissect | 1.000 |" in md and "| 1 | netdissect | 1.000 |" in md
+    assert "| 3 | milan | 0.200 |" in md
+    assert [row.rank for row in boards(table, pairs_table(table))[0].rows] == [1, 1, 3]
 
 
 def test_five_paired_units_cannot_be_significant(tmp_path: Path) -> None:

@@ -51,6 +51,7 @@ from dndbench.results.statistics import (
     paired_comparisons,
     pool_kinds,
     pool_layers,
+    tied_ranks,
 )
 
 if TYPE_CHECKING:
@@ -437,7 +438,7 @@ def _group_markdown(table: "pd.DataFrame", group: "pd.DataFrame") -> list[str]:
         head, align = head + ["s/unit"], align + ["---:"]
     head, align = head + ["vs best"], align + [":---:"]
     lines = [_header(table, group), "", f"| {' | '.join(head)} |", f"|{'|'.join(align)}|"]
-    for rank, row in enumerate(group.to_dict("records"), start=1):
+    for rank, row in zip(tied_ranks(group["mean"]), group.to_dict("records")):
         setting = md_cell(row["setting"])
         if has_role and row["role"] != METHOD:
             setting += f" ({md_cell(row['role'])})"

@@ -98,7 +98,7 @@ def cost_header(column: str) -> tuple[str, str]:
 
 def boards(table: "pd.DataFrame", pairs: "pd.DataFrame | None") -> list[Board]:
     """The leaderboard groups in table order, each with its pairwise comparisons."""
-    from dndbench.results.statistics import ALL_LAYERS
+    from dndbench.results.statistics import ALL_LAYERS, tied_ranks
 
     costs = cost_columns(table)
     out = []
@@ -108,7 +108,7 @@ def boards(table: "pd.DataFrame", pairs: "pd.DataFrame | None") -> list[Board]:
         where = (f"{first['model']}, all layers pooled" if layer == ALL_LAYERS
                  else f"{first['model']}.{layer}")
         rows = []
-        for rank, r in enumerate(group.to_dict("records"), start=1):
+        for rank, r in zip(tied_ranks(group["mean"]), group.to_dict("records")):
             rows.append(BoardRow(
                 rank=rank, setting=str(r["setting"]), role=text(r.get("role")) or "method",
                 mean=number(r["mean"]), ci_low=number(r["ci_low"]), ci_high=number(r["ci_high"]),

@@ -165,6 +165,16 @@ def kendall_tau(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
     return float(result.statistic), float(result.pvalue)
 
 
+def tied_ranks(values: Sequence[float]) -> list[int]:
+    """Ranks of ``values``, highest first; equal values share the best rank of their tie
+    (1, 1, 3, ...) and NaN ranks last, so a table never orders settings it cannot tell apart."""
+    import pandas as pd
+
+    ranks = pd.Series(list(values), dtype=float).rank(method="min", ascending=False,
+                                                      na_option="bottom")
+    return [int(r) for r in ranks]
+
+
 def kendall_agreement(means: "pd.DataFrame", by: list[str], metric: str = "metric",
                       setting: str = "setting", value: str = "mean") -> "pd.DataFrame":
     """Kendall's τ between each pair of metrics' setting rankings, per group of ``by`` columns.
