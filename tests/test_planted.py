@@ -1,6 +1,8 @@
 """The planted-concept catalogues and the seeded scenes ToyNet is trained on."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -93,3 +95,31 @@ def test_no_gradient_crosses_between_the_trunk_and_the_detector() -> None:
                         if p.grad is not None and p.grad.abs().sum() > 0}
     assert from_ce and not from_ce & detector, "the classification loss reached the detector"
     assert from_planted and from_planted <= detector, "the planted loss reached the trunk"
+
+
+def test_class_units_whose_top_images_disagree_with_their_class_are_flagged() -> None:
+    from dndbench.toyworld.train_toynet import fc_units, flagged_fc_units
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(12), 20)
+    logits = np.eye(12)[labels] * 5 + rng.normal(0, 0.1, (240, 12))
+    logits[:, 3] = rng.normal(size=240)  # unit 3 ignores its class
+    logits[labels == 0, 4] += 10  # unit 4's top images are circles
+    units = fc_units(logits, labels)
+    assert flagged_fc_units({"fc_units": units}) == [3, 4]
+    assert units[0] == {"unit": 0, "concept": "circle", "auc": 1.0, "top10": 10, "gate": True}
+    assert units[4]["top10"] == 0
+
+
+def test_the_shipped_network_records_its_class_units_gate(tmp_path: Path) -> None:
+    from dndbench.cache import Cache
+    from dndbench.models.base import MODELS
+
+    model = MODELS.create("toynet")
+    model.cache = Cache(tmp_path)
+    meta = model.meta()
+    assert model.flagged_fc_units() == meta["flagged_fc_units"] == []
+    fc = meta["report"]["fc_units"]
+    assert [u["concept"] for u in fc] == model.class_names()
+    assert all(u["gate"] == (u["auc"] >= 0.95 and u["top10"] >= 9) for u in fc)
+

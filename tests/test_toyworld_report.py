@@ -161,12 +161,16 @@ def test_a_report_has_every_field(tiny_report: dict) -> None:
     json.dumps(report)  # JSON-ready
     text = R.format_report(report)
     assert "planted units" in text and "flagged" in text
+    # the shipped network's own metadata flags none (measured on its held-out stream)
+    assert report["model"]["flagged_fc_units"] == []
+    assert "flagged in the network's metadata (held-out stream, at training): 0" in text
 
 
 @pytest.mark.slow
 def test_the_report_counts_each_summarisers_dnd_candidates(tmp_path: Path) -> None:
     report = _tiny_report(tmp_path, candidates=True, shipped=False)
     assert not report["model"]["shipped"] and 0 <= report["model"]["test_accuracy"] <= 1
+    assert set(report["model"]["flagged_fc_units"]) <= set(range(12))  # a fresh training's
     candidates = report["summariser_candidates"]
     assert candidates["layer"] == "fc"
     for name in ("keyword", "proposer"):

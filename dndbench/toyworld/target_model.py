@@ -116,6 +116,11 @@ class ToyNetModel(TargetModel[ToyNetConfig]):
 
         return list(SHAPES)
 
+    def flagged_fc_units(self) -> list[int]:
+        """The class units whose top held-out images disagree with their class (they fail the
+        planted units' gate for "the main object is this class"; see docs/toyworld.md)."""
+        return [int(u) for u in self.meta().get("flagged_fc_units", [])]
+
     def planted_concepts(self, layer: str) -> dict[int, str]:
         planted = self.meta()["planted"]
         return {int(unit): name for unit, name in planted.get(layer, {}).items()}

@@ -17,7 +17,9 @@ images is *seeded*: drawn to show a planted concept or a near miss of it (red ci
 circle, red ring).  After training, each unit is measured
 on a held-out stream: only units that pass the selectivity gate (pooled-activation ROC-AUC >=
 0.95 for "the image shows the concept" and >= 9 of its 10 top images showing it) are recorded
-as planted ground truth; every candidate's figures stay in the report.
+as planted ground truth; every candidate's figures stay in the report.  The fc (class) units
+face the same gate for "the main object is this class" (its logit's AUC, its top 10 images);
+the ones that fail are listed in the metadata as ``flagged_fc_units``.
 """
 from __future__ import annotations
 
@@ -387,20 +389,22 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def _test_outputs(net: Any, data: ToyData, layers: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def _test_outputs(net: Any, data: ToyData, layers: list[str]
+                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The class logits of ``data``'s images and the maps of ``layers``."""
     import torch
 
     from dndbench.toyworld.network import normalise
 
-    preds: list[np.ndarray] = []
+    logits: list[np.ndarray] = []
     maps: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
     with record_outputs(net, layers) as outputs, torch.no_grad():
         for start in range(0, len(data.labels), 256):
             batch = torch.from_numpy(data.images[start:start + 256])
-            preds.append(net(normalise(batch)).argmax(1).numpy())
+            logits.append(net(normalise(batch)).numpy())
             for layer in layers:
                 maps[layer].append(outputs[layer].numpy())
-    return np.concatenate(preds), {k: np.concatenate(v) for k, v in maps.items()}
+    return np.concatenate(logits), {k: np.concatenate(v) for k, v in maps.items()}
 
 
 def _iou_top_quantile(unit_maps: np.ndarray, data: ToyData, concept: str,
@@ -426,7 +430,8 @@ def evaluate(net: Any, config: TrainConfig, data: ToyData) -> dict[str, Any]:
     spatially averaged map for "the image shows the concept", ``top10``, ``gate``)."""
     planted = planted_list(config)
     layers = sorted({layer for layer, _, _ in planted})
-    preds, maps = _test_outputs(net, data, layers)
+    logits, maps = _test_outputs(net, data, layers)
+    preds = logits.argmax(1)
     units = []
     for layer, unit, concept in planted:
         k = [u for lay, u, _ in planted if lay == layer].index(unit)
@@ -446,7 +451,27 @@ def evaluate(net: Any, config: TrainConfig, data: ToyData) -> dict[str, Any]:
             "gate": bool(auc == auc and auc >= GATE_MIN_AUC and top10 >= GATE_MIN_TOP10),
         })
     return {"test_accuracy": float((preds == data.labels).mean()),
-            "test_images": int(len(data.labels)), "planted_units": units}
+            "test_images": int(len(data.labels)), "planted_units": units,
+            "fc_units": fc_units(logits, data.labels)}
+
+
+def fc_units(logits: np.ndarray, labels: np.ndarray) -> list[dict[str, Any]]:
+    """Each class unit's gate figures for "the main object is this class": its logit's
+    ROC-AUC and how many of its 10 top images show the class (``gate``: both pass)."""
+    units = []
+    for unit, name in enumerate(SHAPES):
+        present = labels == unit
+        top = np.argsort(-logits[:, unit], kind="stable")[:10]
+        auc, top10 = roc_auc(logits[:, unit], present), int(present[top].sum())
+        units.append({"unit": unit, "concept": name, "auc": auc, "top10": top10,
+                      "gate": bool(auc == auc and auc >= GATE_MIN_AUC
+                                   and top10 >= GATE_MIN_TOP10)})
+    return units
+
+
+def flagged_fc_units(report: dict[str, Any]) -> list[int]:
+    """The class units whose top images disagree with their class (they fail the gate)."""
+    return [u["unit"] for u in report.get("fc_units", []) if not u["gate"]]
 
 
 # -- the whole job ---------------------------------------------------------------------------
@@ -490,6 +515,8 @@ def train(config: TrainConfig, out_dir: Path | str, progress: bool = True,
                     for layer in sorted({u["layer"] for u in report["planted_units"]})},
         "gate": {"min_auc": GATE_MIN_AUC, "min_top10": GATE_MIN_TOP10,
                  "measured_on": f"{config.test_images} images of the held-out stream"},
+        # class units that fail the same gate for their class (see the module docstring)
+        "flagged_fc_units": flagged_fc_units(report),
         "concepts": [asdict(c) for c in all_concepts()],
         "config": asdict(config), "report": report,
     }
@@ -517,6 +544,12 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"{u['layer']:7} {u['unit']:>4}  {u['concept']:15} {u['mean_inside']:6.3f} "
                      f"{u['mean_outside']:6.3f} {u['pixel_auc']:6.3f} {u['auc']:6.3f} "
                      f"{u['top10']:>5} {u['positives']:>5}  {'pass' if u['gate'] else 'FAIL'}")
+    if "fc_units" in report:
+        flagged = [f"{u['unit']} {u['concept']} (AUC {u['auc']:.3f}, top10 {u['top10']})"
+                   for u in report["fc_units"] if not u["gate"]]
+        lines.append(f"fc units flagged (top images disagree with their class): "
+                     f"{len(flagged)} of {len(report['fc_units'])}"
+                     + (": " + ", ".join(flagged) if flagged else ""))
     return "\n".join(lines)
 
 

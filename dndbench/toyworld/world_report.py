@@ -467,7 +467,8 @@ def build_report(model: "ToyNetModel", cache: Cache, options: ReportOptions | No
         "model": {"name": "toynet", "weights": model.weights_fingerprint(),
                   "shipped": "shipped" in meta,
                   "test_accuracy": meta.get("report", {}).get("test_accuracy"),
-                  "test_images": meta.get("report", {}).get("test_images")},
+                  "test_images": meta.get("report", {}).get("test_images"),
+                  "flagged_fc_units": meta.get("flagged_fc_units")},
         "probe": {"seed": o.probe_seed, "size": o.probe_size, "pooling": o.pooling},
         "gate": {"min_auc": MIN_AUC, "min_top10": MIN_TOP10},
     }
@@ -549,6 +550,10 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"  {u['unit']:>3} {u['concept']:10} AUC {_f(u['auc'])} top10 {u['top10']:>2}"
                      f"  {'' if u['gate'] else 'FLAGGED '}(top 10: {top})")
     lines.append(f"  flagged: {len(report['flagged_fc_units'])} of {len(report['fc_units'])}")
+    at_training = report["model"].get("flagged_fc_units")
+    if at_training is not None:
+        lines.append(f"  flagged in the network's metadata (held-out stream, at training): "
+                     f"{len(at_training)}" + (f" (units {at_training})" if at_training else ""))
     b = report["backends"]
     lines += ["", "backends (accuracy per slot; images: "
               + ", ".join(f"{k} {v}" for k, v in b["images"].items()) + "):"]
