@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(PY) -m dndbench
 
 # The README's test command: lint and type checks first, then the whole suite (slow tests too),
-# but not the two full retrainings of the shipped toy weights (about 35 CPU-minutes): those are
+# but not the two full retrainings of the shipped toy weights (48 minutes on one thread): those are
 # `make test-retrain`.
 test: lint
 	$(PY) -m pytest -q -m "not retrain"
