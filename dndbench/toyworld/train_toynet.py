@@ -389,6 +389,20 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def unit_figures(activations: np.ndarray, present: np.ndarray) -> dict[str, Any]:
+    """``auc`` of the pooled activations for ``present`` and ``top10`` (present among the 10
+    most activating images; ties: lower index first)."""
+    top = np.argsort(-activations, kind="stable")[:10]
+    return {"auc": roc_auc(activations, present), "top10": int(present[top].sum()),
+            "positives": int(present.sum())}
+
+
+def passes_gate(auc: float, top10: int, min_auc: float = GATE_MIN_AUC,
+                min_top10: int = GATE_MIN_TOP10) -> bool:
+    """The ground-truth gate: ``auc >= min_auc`` and ``top10 >= min_top10`` (NaN fails)."""
+    return bool(auc == auc and auc >= min_auc and top10 >= min_top10)
+
+
 def _test_outputs(net: Any, data: ToyData, layers: list[str]
                   ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The class logits of ``data``'s images and the maps of ``layers``."""
@@ -438,17 +452,16 @@ def evaluate(net: Any, config: TrainConfig, data: ToyData) -> dict[str, Any]:
         act = maps[layer][:, unit]
         inside = data.targets[layer][:, k] >= 0.5
         present = data.present[layer][:, k]
-        pooled = act.mean(axis=(1, 2))
-        top = np.argsort(-pooled, kind="stable")[:10]
-        auc, top10 = roc_auc(pooled, present), int(present[top].sum())
+        figures = unit_figures(act.mean(axis=(1, 2)), present)
+        auc, top10 = figures["auc"], figures["top10"]
         units.append({
             "layer": layer, "unit": unit, "concept": concept,
             "mean_inside": float(act[inside].mean()) if inside.any() else float("nan"),
             "mean_outside": float(act[~inside].mean()) if (~inside).any() else float("nan"),
             "pixel_auc": roc_auc(act, inside),
             "iou_top0.5%": _iou_top_quantile(act, data, concept),
-            "positives": int(present.sum()), "auc": auc, "top10": top10,
-            "gate": bool(auc == auc and auc >= GATE_MIN_AUC and top10 >= GATE_MIN_TOP10),
+            "positives": figures["positives"], "auc": auc, "top10": top10,
+            "gate": passes_gate(auc, top10),
         })
     return {"test_accuracy": float((preds == data.labels).mean()),
             "test_images": int(len(data.labels)), "planted_units": units,
@@ -460,12 +473,10 @@ def fc_units(logits: np.ndarray, labels: np.ndarray) -> list[dict[str, Any]]:
     ROC-AUC and how many of its 10 top images show the class (``gate``: both pass)."""
     units = []
     for unit, name in enumerate(SHAPES):
-        present = labels == unit
-        top = np.argsort(-logits[:, unit], kind="stable")[:10]
-        auc, top10 = roc_auc(logits[:, unit], present), int(present[top].sum())
+        figures = unit_figures(logits[:, unit], labels == unit)
+        auc, top10 = figures["auc"], figures["top10"]
         units.append({"unit": unit, "concept": name, "auc": auc, "top10": top10,
-                      "gate": bool(auc == auc and auc >= GATE_MIN_AUC
-                                   and top10 >= GATE_MIN_TOP10)})
+                      "gate": passes_gate(auc, top10)})
     return units
 
 

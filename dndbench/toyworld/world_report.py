@@ -48,6 +48,11 @@ import numpy as np
 
 from dndbench.cache import Cache
 
+# the gate is training's (one definition): the report re-measures it on the probe
+from dndbench.toyworld.train_toynet import GATE_MIN_AUC as MIN_AUC
+from dndbench.toyworld.train_toynet import GATE_MIN_TOP10 as MIN_TOP10
+from dndbench.toyworld.train_toynet import passes_gate, unit_figures
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -58,7 +63,6 @@ if TYPE_CHECKING:
     from dndbench.toyworld.world import SceneSpec
 
 #: the selectivity gate of a ground-truth unit
-MIN_AUC, MIN_TOP10 = 0.95, 9
 #: the caption slots a report scores, per view
 FULL_SLOTS = ("shape", "colour", "texture", "scene", "outlined", "size", "distractor",
               "distractor_shape", "distractor_colour")
@@ -156,22 +160,6 @@ def contains(concept: str, annotation: "Annotation", spec: "SceneSpec | None" = 
         if holds and (pixels is None or bool(pixels.any())):
             return True
     return False
-
-
-def unit_figures(activations: np.ndarray, present: np.ndarray) -> dict[str, Any]:
-    """``auc`` of the pooled activations for ``present`` and ``top10`` (present among the 10
-    most activating images; ties: lower index first)."""
-    from dndbench.toyworld.train_toynet import roc_auc
-
-    top = np.argsort(-activations, kind="stable")[:10]
-    return {"auc": roc_auc(activations, present), "top10": int(present[top].sum()),
-            "positives": int(present.sum())}
-
-
-def passes_gate(auc: float, top10: int, min_auc: float = MIN_AUC,
-                min_top10: int = MIN_TOP10) -> bool:
-    """The ground-truth gate: ``auc >= min_auc`` and ``top10 >= min_top10`` (NaN fails)."""
-    return bool(auc == auc and auc >= min_auc and top10 >= min_top10)
 
 
 def _context(model: "ToyNetModel", probe: "ToyWorldProbe", layer: str, cache: Cache,
